@@ -1,0 +1,4 @@
+from descent_opt.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Command line: ``python -m descent_opt +experiment=NAME [overrides]``.
+
+A thin layer: Hydra composes the configuration, :mod:`descent_opt.config` validates it, the
+library does the work, and this module writes the outputs into Hydra's run directory.
+Bad input ends with one line on stderr naming the key and what is allowed, exit status 2,
+and no result files.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+_START = time.perf_counter()
+log = logging.getLogger("descent_opt")
+
+
+def config_dir() -> Path:
+    """``conf/``: packaged inside the wheel, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError("descent_opt: configuration directory conf/ not found")
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _precheck(overrides: list[str]) -> None:
+    """Compose once before Hydra's own entry point so that a bad override gets one line
+    instead of Hydra's multi-line report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            compose("config", overrides=overrides)
+    except Exception as err:  # Hydra raises several types; all mean bad input here
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fail(first)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _make_progress(enabled: bool):
+    if not enabled:
+        return None, lambda: None
+    from tqdm.auto import tqdm
+
+    bars: dict = {}
+
+    def progress(phase, step, total, parts):
+        bar = bars.get(phase)
+        if bar is None:
+            for other in bars.values():
+                other.close()
+            bar = bars[phase] = tqdm(total=total, desc=f"tuning {phase} gains", unit="step", file=sys.stderr)
+        bar.update(1)
+        bar.set_postfix(objective=f"{parts['objective']:.3f}", fuel=f"{parts['fuel_fraction']:.3f}")
+
+    def close():
+        for bar in bars.values():
+            bar.close()
+
+    return progress, close
+
+
+def run(cfg) -> None:
+    """Hydra task: validate, run the selected experiment, write outputs."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from descent_opt.config import EXPERIMENTS, ConfigError, from_mapping
+
+    try:
+        config = from_mapping(OmegaConf.to_container(cfg, resolve=True))
+        if config.experiment is None:
+            raise ConfigError("experiment", "chosen with +experiment=NAME, NAME one of " + ", ".join(EXPERIMENTS))
+        if config.gains_path:
+            from descent_opt.export import load_gains
+
+            initial = load_gains(config.gains_path)
+        else:
+            initial = None
+    except ConfigError as err:
+        fail(str(err))
+    except ValueError as err:
+        fail(str(err).splitlines()[0])
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    from descent_opt import report
+    from descent_opt.robust_gains import run_robust_gains, write_outputs
+
+    progress, close = _make_progress(config.progress)
+    try:
+        result = run_robust_gains(config, progress=progress, initial=initial)
+    finally:
+        close()
+    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - _START)
+    print(report.summary_table(result.metrics))
+    print(f"\nOutputs in {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    if not multirun:
+        _precheck([a for a in argv if not a.startswith("-")])
+    import hydra
+
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(run)()

@@ -1,0 +1,361 @@
+"""Typed, validated run configuration built from a plain mapping (Hydra's composed config).
+
+Every key is checked before any JIT: type, finiteness, range, vector length, allowed names,
+and cross-key physics (dry mass below initial mass, thrust able to hold the lander up).
+A violation raises :class:`ConfigError` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from descent_opt.dynamics import Vehicle
+from descent_opt.faults import FaultCatalog
+from descent_opt.guidance import GuidanceSpec
+from descent_opt.navigation import REJECT_POLICIES
+from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
+from descent_opt.optimize.gains import TrainSpec
+from descent_opt.scenarios import TERRAIN_KINDS, ScenarioSpec, TerrainSpec
+from descent_opt.sensors import ImuSpec, LrfSpec
+from descent_opt.simulate import SimSpec
+
+EXPERIMENTS = ("robust_gains",)
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; ``str()`` is one line naming the key."""
+
+    def __init__(self, key: str, allowed: str, value: Any = None):
+        self.key = key
+        shown = "" if value is None else f" (got {value!r})"
+        super().__init__(f"{key}: must be {allowed}{shown}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSpec:
+    n_scenarios: int = 2048
+    seed_offset: int = 1_000_003  # held-out population: seed + offset
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplaySpec:
+    """HAKUTO-R Mission 2 replay: late LRF, altitude estimate too high."""
+
+    lrf_acquisition_m: float = 900.0
+    altitude_error_m: float = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    experiment: str | None
+    seed: int
+    gains_path: str | None
+    vehicle: Vehicle
+    sim: SimSpec
+    scenario: ScenarioSpec
+    terrain: TerrainSpec
+    faults: FaultCatalog
+    success: SuccessCriteria
+    objective: ObjectiveSpec
+    optimizer: TrainSpec
+    baseline_steps: int
+    evaluation: EvaluationSpec
+    replay: ReplaySpec
+    altitude_breakpoints_m: tuple[float, ...]
+    progress: bool
+
+
+class _Group:
+    """Reads and checks the keys of one config group."""
+
+    def __init__(self, cfg: Mapping, name: str):
+        if name and not isinstance(cfg.get(name, {}), Mapping):
+            raise ConfigError(name, "a group of keys")
+        self.data = dict(cfg.get(name, {}) or {}) if name else dict(cfg)
+        self.name = name
+        self.used: set[str] = set()
+
+    def key(self, k: str) -> str:
+        return f"{self.name}.{k}" if self.name else k
+
+    def raw(self, k: str, default=None):
+        self.used.add(k)
+        if k not in self.data:
+            if default is None:
+                raise ConfigError(self.key(k), "set (it is required)")
+            return default
+        return self.data[k]
+
+    def number(self, k, default=None, *, lo=None, hi=None, lo_open=False, integer=False):
+        v = self.raw(k, default)
+        kind = "an integer" if integer else "a number"
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(self.key(k), kind, v)
+        if integer and int(v) != v:
+            raise ConfigError(self.key(k), kind, v)
+        if not math.isfinite(v):
+            raise ConfigError(self.key(k), f"a finite {kind[2:] if integer else 'number'}", v)
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            bound = f"> {lo}" if lo_open else f">= {lo}"
+            rng = f"{bound}" + (f" and <= {hi}" if hi is not None else "")
+            raise ConfigError(self.key(k), f"{kind} {rng}", v)
+        if hi is not None and v > hi:
+            raise ConfigError(self.key(k), f"{kind} <= {hi}", v)
+        return int(v) if integer else float(v)
+
+    def vector(self, k, default=None, *, length=3, lo=None):
+        v = self.raw(k, default)
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != length:
+            raise ConfigError(self.key(k), f"a list of {length} numbers", v)
+        out = []
+        for x in v:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                raise ConfigError(self.key(k), f"a list of {length} finite numbers", v)
+            if lo is not None and x < lo:
+                raise ConfigError(self.key(k), f"a list of {length} numbers >= {lo}", v)
+            out.append(float(x))
+        return tuple(out)
+
+    def choice(self, k, allowed, default=None):
+        v = self.raw(k, default)
+        if v not in allowed:
+            raise ConfigError(self.key(k), "one of " + ", ".join(allowed), v)
+        return v
+
+    def flag(self, k, default):
+        v = self.raw(k, default)
+        if not isinstance(v, bool):
+            raise ConfigError(self.key(k), "true or false", v)
+        return v
+
+    def done(self):
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise ConfigError(self.key(extra[0]), "a known key (unknown key)")
+
+
+def _range(g: _Group, k: str, default, lo=0.0, hi=None) -> tuple[float, float]:
+    a, b = g.vector(k, default, length=2, lo=lo)
+    if a > b or (hi is not None and b > hi):
+        raise ConfigError(g.key(k), "[low, high] with low <= high" + (f" <= {hi}" if hi else ""), [a, b])
+    return (a, b)
+
+
+def _vehicle(cfg) -> Vehicle:
+    g = _Group(cfg, "vehicle")
+    g.raw("name", "custom")
+    g.raw("note", "")
+    v = Vehicle(
+        mass_initial_kg=g.number("mass_initial_kg", lo=0.0, lo_open=True),
+        mass_dry_kg=g.number("mass_dry_kg", lo=0.0, lo_open=True),
+        thrust_max_n=g.number("thrust_max_n", lo=0.0, lo_open=True),
+        thrust_min_n=g.number("thrust_min_n", lo=0.0),
+        isp_s=g.number("isp_s", lo=0.0, lo_open=True),
+        max_tilt_deg=g.number("max_tilt_deg", lo=0.0, hi=80.0),
+        thrust_time_constant_s=g.number("thrust_time_constant_s", 0.2, lo=0.0, lo_open=True),
+        tilt_rate_max_deg_s=g.number("tilt_rate_max_deg_s", 10.0, lo=0.0, lo_open=True),
+    )
+    g.done()
+    if v.mass_dry_kg >= v.mass_initial_kg:
+        raise ConfigError("vehicle.mass_dry_kg", "below vehicle.mass_initial_kg", v.mass_dry_kg)
+    if v.thrust_min_n > v.thrust_max_n:
+        raise ConfigError("vehicle.thrust_min_n", "at most vehicle.thrust_max_n", v.thrust_min_n)
+    return v
+
+
+def from_mapping(cfg: Mapping) -> RunConfig:
+    """Validate a plain nested mapping and build the typed configuration."""
+    top = _Group(cfg, "")
+    experiment = top.raw("experiment", "")
+    if experiment not in ("", None) and experiment not in EXPERIMENTS:
+        raise ConfigError("experiment", "one of " + ", ".join(EXPERIMENTS), experiment)
+    seed = top.number("seed", 0, lo=0, integer=True)
+    gains_path = top.raw("gains", "") or None
+    if gains_path is not None and not isinstance(gains_path, str):
+        raise ConfigError("gains", "a path to a gains.json file", gains_path)
+    progress = top.flag("progress", True)
+    for group in ("vehicle", "moon", "scenario", "terrain", "faults", "sensors", "sim", "navigation",
+                  "guidance", "success", "objective", "optimizer", "evaluation", "replay", "hydra"):
+        top.used.add(group)
+    top.done()
+
+    vehicle = _vehicle(cfg)
+    moon = _Group(cfg, "moon")
+    gravity = moon.number("gravity_mps2", lo=0.0, lo_open=True)
+    moon.done()
+    if vehicle.thrust_max_n <= vehicle.mass_initial_kg * gravity:
+        raise ConfigError(
+            "vehicle.thrust_max_n",
+            f"above the initial weight mass_initial_kg * gravity = {vehicle.mass_initial_kg * gravity:.0f} N "
+            "(the lander could never stop descending)",
+            vehicle.thrust_max_n,
+        )
+
+    s = _Group(cfg, "scenario")
+    scenario = ScenarioSpec(
+        r0_m=s.vector("r0_m"),
+        v0_mps=s.vector("v0_mps"),
+        position_sigma_m=s.vector("position_sigma_m", (0, 0, 0), lo=0.0),
+        velocity_sigma_mps=s.vector("velocity_sigma_mps", (0, 0, 0), lo=0.0),
+        mass_sigma_kg=s.number("mass_sigma_kg", 0.0, lo=0.0),
+        nav_altitude_sigma_m=s.number("nav_altitude_sigma_m", 300.0, lo=0.0, lo_open=True),
+        nav_horizontal_sigma_m=s.number("nav_horizontal_sigma_m", 20.0, lo=0.0),
+        nav_velocity_sigma_mps=s.number("nav_velocity_sigma_mps", 0.1, lo=0.0, lo_open=True),
+        imu_bias_sigma_mps2=s.number("imu_bias_sigma_mps2", 1e-3, lo=0.0, lo_open=True),
+    )
+    s.done()
+    if scenario.r0_m[2] <= 0.0:
+        raise ConfigError("scenario.r0_m", "a start above the surface (third number > 0)", list(scenario.r0_m))
+
+    t = _Group(cfg, "terrain")
+    terrain = TerrainSpec(
+        kind=t.choice("kind", TERRAIN_KINDS),
+        slope_deg=t.number("slope_deg", 0.0, lo=0.0, hi=30.0),
+        slope_azimuth_deg=t.number("slope_azimuth_deg", 0.0),
+        crater_center_m=t.vector("crater_center_m", (-600.0, 0.0), length=2),
+        crater_radius_m=t.number("crater_radius_m", 200.0, lo=0.0, lo_open=True),
+        crater_depth_m=t.number("crater_depth_m", 40.0, lo=0.0),
+        crater_rim_m=t.number("crater_rim_m", 8.0, lo=0.0),
+        field_n_craters=t.number("field_n_craters", 6, lo=1, hi=64, integer=True),
+        field_extent_m=t.number("field_extent_m", 3000.0, lo=0.0, lo_open=True),
+        field_radius_m=_range(t, "field_radius_m", (20.0, 300.0), lo=1.0),
+        field_depth_to_diameter=t.number("field_depth_to_diameter", 0.12, lo=0.0, hi=0.5),
+        field_keep_out_m=t.number("field_keep_out_m", 60.0, lo=0.0),
+    )
+    t.done()
+
+    f = _Group(cfg, "faults")
+    f.raw("name", "custom")
+    rate = lambda k, d: f.number(k, d, lo=0.0, hi=1.0)  # noqa: E731
+    faults = FaultCatalog(
+        late_acquisition_rate=rate("late_acquisition_rate", 1.0),
+        acquisition_range_m=_range(f, "acquisition_range_m", (700.0, 3000.0), lo=1.0),
+        latency_rate=rate("latency_rate", 0.3),
+        latency_s=_range(f, "latency_s", (0.05, 0.3), hi=5.0),
+        dropout_rate=rate("dropout_rate", 0.2),
+        dropout_prob=_range(f, "dropout_prob", (0.1, 0.6), hi=1.0),
+        bias_sigma_m=f.number("bias_sigma_m", 3.0, lo=0.0),
+        scale_factor_sigma=f.number("scale_factor_sigma", 0.005, lo=0.0, hi=0.2),
+        dark_terrain_rate=rate("dark_terrain_rate", 0.1),
+        heavy_tail_scale_m=_range(f, "heavy_tail_scale_m", (3.0, 20.0)),
+        absent_rate=rate("absent_rate", 0.002),
+        rim_step_rate=rate("rim_step_rate", 0.1),
+        rim_step_height_m=_range(f, "rim_step_height_m", (100.0, 800.0)),
+        rim_radius_m=_range(f, "rim_radius_m", (150.0, 700.0), lo=1.0),
+    )
+    f.done()
+
+    se = _Group(cfg, "sensors")
+    imu = ImuSpec(noise_mps2=se.number("imu_noise_mps2", 1e-3, lo=0.0))
+    lrf = LrfSpec(
+        noise_m=se.number("lrf_noise_m", 2.0, lo=0.0),
+        rate_hz=se.number("lrf_rate_hz", 10.0, lo=0.0, lo_open=True),
+        max_range_m=se.number("lrf_max_range_m", 3000.0, lo=0.0, lo_open=True),
+    )
+    se.done()
+
+    gu = _Group(cfg, "guidance")
+    guidance = GuidanceSpec(
+        lrf_expected_altitude_m=gu.number("lrf_expected_altitude_m", lrf.max_range_m, lo=0.0),
+        lrf_stale_after_s=gu.number("lrf_stale_after_s", 2.0, lo=0.0, lo_open=True),
+        tgo_max_s=gu.number("tgo_max_s", 200.0, lo=1.0),
+    )
+    bps = gu.raw("altitude_breakpoints_m", [0, 20, 50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000, 6000])
+    if isinstance(bps, (str, bytes)) or not hasattr(bps, "__len__") or len(bps) < 2:
+        raise ConfigError("guidance.altitude_breakpoints_m", "a list of at least 2 increasing altitudes", bps)
+    bps = _Group({"b": {str(i): x for i, x in enumerate(bps)}}, "b")
+    breakpoints = tuple(bps.number(str(i), lo=0.0) for i in range(len(bps.data)))
+    if breakpoints[0] != 0.0 or any(b >= a for a, b in zip(breakpoints[1:], breakpoints[:-1])):
+        raise ConfigError("guidance.altitude_breakpoints_m", "increasing and starting at 0", list(breakpoints))
+    gu.done()
+
+    nav = _Group(cfg, "navigation")
+    policy = nav.choice("reject_policy", REJECT_POLICIES, "reacquire")
+    nav.done()
+
+    sim = _Group(cfg, "sim")
+    dt = sim.number("dt_s", 0.25, lo=0.0, lo_open=True, hi=2.0)
+    duration = sim.number("duration_s", 180.0, lo=dt)
+    sim.done()
+
+    su = _Group(cfg, "success")
+    success = SuccessCriteria(
+        vertical_speed_max_mps=su.number("vertical_speed_max_mps", 2.0, lo=0.0, lo_open=True),
+        horizontal_speed_max_mps=su.number("horizontal_speed_max_mps", 1.0, lo=0.0, lo_open=True),
+        tilt_max_deg=su.number("tilt_max_deg", 12.0, lo=0.0, lo_open=True),
+        crash_speed_mps=su.number("crash_speed_mps", 5.0, lo=0.0, lo_open=True),
+    )
+    su.done()
+
+    ob = _Group(cfg, "objective")
+    objective = ObjectiveSpec(
+        margin=ob.number("margin", 0.7, lo=0.0, lo_open=True, hi=1.0),
+        sharpness=ob.number("sharpness", 8.0, lo=0.0, lo_open=True),
+        miss_scale_m=ob.number("miss_scale_m", 1000.0, lo=0.0, lo_open=True),
+        timeout_scale_m=ob.number("timeout_scale_m", 100.0, lo=0.0, lo_open=True),
+        cvar_alpha=ob.number("cvar_alpha", 0.9, lo=0.0, hi=0.999),
+        cvar_weight=ob.number("cvar_weight", 1.0, lo=0.0),
+        fuel_weight=ob.number("fuel_weight", 1.0, lo=0.0),
+    )
+    ob.done()
+
+    op = _Group(cfg, "optimizer")
+    optimizer = TrainSpec(
+        steps=op.number("steps", 150, lo=1, integer=True),
+        batch_size=op.number("batch_size", 128, lo=1, integer=True),
+        learning_rate=op.number("learning_rate", 0.02, lo=0.0, lo_open=True),
+        warmup_steps=op.number("warmup_steps", 10, lo=0, integer=True),
+        clip_norm=op.number("clip_norm", 1.0, lo=0.0, lo_open=True),
+        gate_softness=op.number("gate_softness", 1.0, lo=0.0),
+    )
+    baseline_steps = op.number("baseline_steps", optimizer.steps, lo=1, integer=True)
+    op.done()
+
+    ev = _Group(cfg, "evaluation")
+    evaluation = EvaluationSpec(
+        n_scenarios=ev.number("n_scenarios", 2048, lo=1, integer=True),
+        seed_offset=ev.number("seed_offset", 1_000_003, lo=1, integer=True),
+    )
+    ev.done()
+
+    rp = _Group(cfg, "replay")
+    replay = ReplaySpec(
+        lrf_acquisition_m=rp.number("lrf_acquisition_m", 900.0, lo=0.0, lo_open=True),
+        altitude_error_m=rp.number("altitude_error_m", 600.0),
+    )
+    rp.done()
+
+    sim_spec = SimSpec(
+        vehicle=vehicle,
+        gravity_mps2=gravity,
+        imu=imu,
+        lrf=lrf,
+        guidance=guidance,
+        nav_altitude_sigma_m=scenario.nav_altitude_sigma_m,
+        nav_velocity_sigma_mps=scenario.nav_velocity_sigma_mps,
+        nav_bias_sigma_mps2=scenario.imu_bias_sigma_mps2,
+        dt_s=dt,
+        duration_s=duration,
+        reject_policy=policy,
+    )
+    return RunConfig(
+        experiment=experiment or None,
+        seed=seed,
+        gains_path=gains_path,
+        vehicle=vehicle,
+        sim=sim_spec,
+        scenario=scenario,
+        terrain=terrain,
+        faults=faults,
+        success=success,
+        objective=objective,
+        optimizer=optimizer,
+        baseline_steps=baseline_steps,
+        evaluation=evaluation,
+        replay=replay,
+        altitude_breakpoints_m=breakpoints,
+        progress=progress,
+    )

@@ -1,0 +1,108 @@
+"""Altimeter fault catalog: rates and ranges, and per-scenario samples.
+
+Each fault is drawn independently per scenario. ``FaultCatalog.nominal()`` draws none, which
+is how baseline gains are tuned.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+class FaultCatalog(eqx.Module):
+    """How often each fault occurs (probability per scenario) and the range it takes."""
+
+    # Delayed acquisition (HAKUTO-R Mission 2): first valid range below this, uniform.
+    late_acquisition_rate: float = 1.0
+    acquisition_range_m: tuple[float, float] = (700.0, 3000.0)
+    # Stale readings: latency uniform in range.
+    latency_rate: float = 0.3
+    latency_s: tuple[float, float] = (0.05, 0.3)
+    # Dropouts: per-sample drop probability uniform in range.
+    dropout_rate: float = 0.2
+    dropout_prob: tuple[float, float] = (0.1, 0.6)
+    # Bias (m, 1-sigma) and scale-factor error (1-sigma) of every unit.
+    bias_sigma_m: float = 3.0
+    scale_factor_sigma: float = 0.005
+    # Heavy-tailed noise over dark terrain (IM-2): Student-t scale uniform in range.
+    dark_terrain_rate: float = 0.1
+    heavy_tail_scale_m: tuple[float, float] = (5.0, 30.0)
+    # No LRF at all (IM-1).
+    absent_rate: float = 0.005
+    # Terrain step at a crater rim under the approach (HAKUTO-R Mission 1).
+    rim_step_rate: float = 0.1
+    rim_step_height_m: tuple[float, float] = (100.0, 800.0)
+    rim_radius_m: tuple[float, float] = (150.0, 700.0)
+
+    @classmethod
+    def nominal(cls, max_range_m: float = 3000.0) -> "FaultCatalog":
+        """No faults: acquisition at the design range, perfect calibration."""
+        return cls(
+            late_acquisition_rate=0.0,
+            acquisition_range_m=(max_range_m, max_range_m),
+            latency_rate=0.0,
+            dropout_rate=0.0,
+            bias_sigma_m=0.0,
+            scale_factor_sigma=0.0,
+            dark_terrain_rate=0.0,
+            absent_rate=0.0,
+            rim_step_rate=0.0,
+        )
+
+
+class Faults(eqx.Module):
+    """Fault parameters of one scenario (a population when leaves carry a batch axis)."""
+
+    acquisition_range_m: Float[Array, "*batch"]
+    latency_s: Float[Array, "*batch"]
+    dropout_prob: Float[Array, "*batch"]
+    bias_m: Float[Array, "*batch"]
+    scale_factor: Float[Array, "*batch"]
+    heavy_tail_scale_m: Float[Array, "*batch"]
+    absent: Array
+    rim_step_height_m: Float[Array, "*batch"]
+    rim_radius_m: Float[Array, "*batch"]
+
+
+def sample_faults(
+    catalog: FaultCatalog, n: int, *, key: PRNGKeyArray, no_acquisition_m: float = 1e9
+) -> Faults:
+    """Draw fault parameters for ``n`` scenarios. Units without the late-acquisition fault
+    acquire at ``no_acquisition_m`` (i.e. only the design maximum range limits them)."""
+    keys = jax.random.split(key, 16)
+
+    def occurs(k, rate):
+        return jax.random.bernoulli(k, rate, (n,))
+
+    def uniform(k, bounds):
+        return jax.random.uniform(k, (n,), minval=bounds[0], maxval=bounds[1])
+
+    late = occurs(keys[0], catalog.late_acquisition_rate)
+    acquisition = jnp.where(late, uniform(keys[1], catalog.acquisition_range_m), no_acquisition_m)
+    latency = jnp.where(occurs(keys[2], catalog.latency_rate), uniform(keys[3], catalog.latency_s), 0.0)
+    dropout = jnp.where(
+        occurs(keys[4], catalog.dropout_rate), uniform(keys[5], catalog.dropout_prob), 0.0
+    )
+    bias = catalog.bias_sigma_m * jax.random.normal(keys[6], (n,))
+    scale = 1.0 + catalog.scale_factor_sigma * jax.random.normal(keys[7], (n,))
+    tail = jnp.where(
+        occurs(keys[8], catalog.dark_terrain_rate),
+        uniform(keys[9], catalog.heavy_tail_scale_m),
+        0.0,
+    )
+    absent = occurs(keys[10], catalog.absent_rate)
+    rim = occurs(keys[11], catalog.rim_step_rate)
+    return Faults(
+        acquisition_range_m=acquisition,
+        latency_s=latency,
+        dropout_prob=dropout,
+        bias_m=bias,
+        scale_factor=scale,
+        heavy_tail_scale_m=tail,
+        absent=absent,
+        rim_step_height_m=jnp.where(rim, uniform(keys[12], catalog.rim_step_height_m), 0.0),
+        rim_radius_m=uniform(keys[13], catalog.rim_radius_m),
+    )

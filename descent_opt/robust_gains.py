@@ -1,0 +1,241 @@
+"""The main job: gains that stay safe when the altimeter misbehaves, and what that costs.
+
+1. Baseline gains: tuned from the hand-made design on nominal sensors only (no faults).
+2. Optimized gains: tuned from the same design, same objective and budget, on the fault
+   catalog.
+3. Both evaluated on one held-out population (another seed) with the faults, and on a
+   held-out population with nominal sensors (the fuel price of robustness when nothing fails).
+4. HAKUTO-R Mission 2 replay: LRF first valid at ``replay.lrf_acquisition_m`` with the
+   altitude estimate ``replay.altitude_error_m`` too high at the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from descent_opt import report
+from descent_opt.config import RunConfig
+from descent_opt.export import gains_to_dict, load_gains, write_gain_table, write_text_atomic
+from descent_opt.faults import FaultCatalog
+from descent_opt.guidance import Gains, default_gains
+from descent_opt.objectives import LandingMetrics, landing_metrics, summarize
+from descent_opt.optimize.gains import tune_gains
+from descent_opt.scenarios import Scenario, TerrainSpec, replace_member, sample_scenarios
+from descent_opt.simulate import Trace, simulate_jit, simulate_traces
+
+
+@dataclasses.dataclass
+class RobustGainsResult:
+    baseline: Gains
+    optimized: Gains
+    metrics: dict
+    history: dict[str, dict[str, np.ndarray]]
+    heldout: Scenario
+    heldout_metrics: dict[str, LandingMetrics]
+    m2_traces: dict[str, Trace]
+
+
+def make_sampler(config: RunConfig, catalog: FaultCatalog) -> Callable[[jax.Array, int], Scenario]:
+    """Scenario sampler for training: the configured dispersion, terrain and ``catalog``."""
+
+    def sample(key, n):
+        return sample_scenarios(
+            config.scenario, config.terrain, catalog, config.vehicle.mass_initial_kg, n, key=key
+        )
+
+    return sample
+
+
+def evaluate(config: RunConfig, gains: Gains, scenarios: Scenario) -> LandingMetrics:
+    """Hard-rule landing metrics of ``gains`` over a population."""
+    return landing_metrics(simulate_jit(config.sim, gains, scenarios), config.success)
+
+
+def m2_replay_scenario(config: RunConfig) -> Scenario:
+    """The nominal descent over flat mare with one fault: the LRF's first valid range at
+    ``replay.lrf_acquisition_m``, and an altitude estimate that starts too high by
+    ``replay.altitude_error_m`` (the sign that delays braking)."""
+    nominal = FaultCatalog.nominal(config.sim.lrf.max_range_m)
+    one = sample_scenarios(
+        config.scenario,
+        TerrainSpec(kind="flat"),
+        nominal,
+        config.vehicle.mass_initial_kg,
+        1,
+        key=jax.random.key(config.seed),
+        nominal_first=True,
+    )
+    return replace_member(
+        one,
+        0,
+        **{
+            "faults.acquisition_range_m": config.replay.lrf_acquisition_m,
+            "nav_position_error_m": jnp.array([0.0, 0.0, config.replay.altitude_error_m]),
+            "imu_bias_mps2": jnp.zeros(3),
+        },
+    )
+
+
+def _replay_block(config: RunConfig, outcome) -> dict:
+    m = jax.tree.map(lambda x: np.asarray(x)[0], landing_metrics(outcome, config.success))
+    speed = float(np.linalg.norm(np.asarray(outcome.touchdown_velocity_mps)[0]))
+    return {
+        "touchdown_speed_mps": speed,
+        "touchdown_vz_mps": float(m.vertical_speed_mps),
+        "touchdown_vh_mps": float(m.horizontal_speed_mps),
+        "fuel_kg": float(m.fuel_kg),
+        "success": bool(m.success),
+        "landed": bool(m.landed),
+    }
+
+
+def run_robust_gains(
+    config: RunConfig,
+    *,
+    progress: Callable[[str, int, int, dict], None] | None = None,
+    initial: Gains | None = None,
+) -> RobustGainsResult:
+    """Tune baseline and robust gains, evaluate both, replay Mission 2.
+
+    ``progress(phase, step, total, parts)`` is called after every optimisation step."""
+    start = time.perf_counter()
+    if initial is None:
+        initial = (
+            load_gains(config.gains_path)
+            if config.gains_path
+            else default_gains(config.altitude_breakpoints_m)
+        )
+    key = jax.random.key(config.seed)
+    k_base, k_robust = jax.random.split(key)
+    nominal = FaultCatalog.nominal(config.sim.lrf.max_range_m)
+
+    def tune(phase, catalog, steps, k):
+        train = eqx.tree_at(lambda t: t.steps, config.optimizer, steps)
+        callback = None if progress is None else (lambda i, parts: progress(phase, i, steps, parts))
+        return tune_gains(
+            config.sim, initial, make_sampler(config, catalog), config.success, config.objective,
+            train, key=k, progress=callback,
+        )
+
+    baseline, history_base = tune("baseline", nominal, config.baseline_steps, k_base)
+    optimized, history_opt = tune("optimized", config.faults, config.optimizer.steps, k_robust)
+
+    heldout_key = jax.random.key(config.seed + config.evaluation.seed_offset)
+    k_faulty, k_clean = jax.random.split(heldout_key)
+    n = config.evaluation.n_scenarios
+    heldout = make_sampler(config, config.faults)(k_faulty, n)
+    clean = make_sampler(config, nominal)(k_clean, n)
+    held = {name: evaluate(config, g, heldout) for name, g in (("baseline", baseline), ("optimized", optimized))}
+    held_clean = {name: evaluate(config, g, clean) for name, g in (("baseline", baseline), ("optimized", optimized))}
+
+    replay = m2_replay_scenario(config)
+    m2 = {}
+    traces = {}
+    for name, g in (("baseline", baseline), ("optimized", optimized)):
+        outcome, trace = simulate_traces(config.sim, g, replay)
+        m2[name] = _replay_block(config, outcome)
+        traces[name] = jax.tree.map(lambda x: np.asarray(x)[0], trace)
+
+    summary = {name: summarize(m) for name, m in held.items()}
+    summary_clean = {name: summarize(m) for name, m in held_clean.items()}
+    metrics = {
+        "baseline": summary["baseline"],
+        "optimized": summary["optimized"],
+        "m2_replay": {
+            **m2,
+            "lrf_acquisition_m": config.replay.lrf_acquisition_m,
+            "altitude_error_m": config.replay.altitude_error_m,
+        },
+        "nominal": summary_clean,
+        "fuel_price_kg": {
+            "with_faults": summary["optimized"]["fuel_kg_mean"] - summary["baseline"]["fuel_kg_mean"],
+            "nominal_sensors": summary_clean["optimized"]["fuel_kg_mean"]
+            - summary_clean["baseline"]["fuel_kg_mean"],
+        },
+        "by_fault": _by_fault(heldout, held),
+        "training": {
+            name: {k: float(v[-1]) for k, v in h.items()}
+            for name, h in (("baseline", history_base), ("optimized", history_opt))
+        },
+        "job_time_s": time.perf_counter() - start,
+    }
+    return RobustGainsResult(
+        baseline=baseline,
+        optimized=optimized,
+        metrics=metrics,
+        history={"baseline": history_base, "optimized": history_opt},
+        heldout=heldout,
+        heldout_metrics=held,
+        m2_traces=traces,
+    )
+
+
+def _by_fault(population: Scenario, held: dict[str, LandingMetrics]) -> dict:
+    """Success rate of each set of gains within each fault class of the population."""
+    f = jax.tree.map(np.asarray, population.faults)
+    classes = {
+        "acquisition_below_1200m": f.acquisition_range_m < 1200.0,
+        "latency": f.latency_s > 0.0,
+        "dropouts": f.dropout_prob > 0.0,
+        "dark_terrain": f.heavy_tail_scale_m > 0.0,
+        "lrf_absent": f.absent,
+        "rim_step": f.rim_step_height_m > 0.0,
+    }
+    out = {}
+    for name, mask in classes.items():
+        entry = {"n_scenarios": int(mask.sum())}
+        for gains_name, m in held.items():
+            success = np.asarray(m.success)[mask]
+            entry[gains_name] = float(success.mean()) if success.size else None
+        out[name] = entry
+    return out
+
+
+def write_outputs(result: RobustGainsResult, config: RunConfig, directory: str | Path, wall_time_s: float) -> list[Path]:
+    """Gain tables, plots and ``metrics.json`` (written last, so its presence means the run
+    finished)."""
+    directory = Path(directory)
+    provenance = {
+        "generator": "descent_opt robust_gains",
+        "seed": config.seed,
+        "vehicle": dataclasses.asdict(config.vehicle) if dataclasses.is_dataclass(config.vehicle) else {
+            k: getattr(config.vehicle, k) for k in ("mass_initial_kg", "mass_dry_kg", "thrust_max_n", "thrust_min_n", "isp_s", "max_tilt_deg")
+        },
+        "training_steps": config.optimizer.steps,
+        "heldout_success_rate": result.metrics["optimized"]["success_rate"],
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    written = write_gain_table(result.optimized, directory, provenance)
+    base_path = directory / "baseline_gains.json"
+    write_text_atomic(base_path, json.dumps(gains_to_dict(result.baseline, dict(provenance, tuned_on="nominal sensors")), indent=2) + "\n")
+    written.append(base_path)
+    plots = {
+        "touchdown_speed.png": lambda p: report.plot_touchdown_speeds(
+            result.heldout_metrics["baseline"], result.heldout_metrics["optimized"],
+            config.success.vertical_speed_max_mps, p,
+        ),
+        "success_vs_acquisition.png": lambda p: report.plot_success_vs_acquisition(
+            result.heldout.faults.acquisition_range_m, result.heldout_metrics["baseline"],
+            result.heldout_metrics["optimized"], p,
+        ),
+        "m2_replay.png": lambda p: report.plot_replay(
+            result.m2_traces, f"Mission 2 replay: LRF first valid at {config.replay.lrf_acquisition_m:g} m", p
+        ),
+    }
+    for name, draw in plots.items():
+        draw(directory / name)
+        written.append(directory / name)
+    metrics = dict(result.metrics, wall_time_s=wall_time_s)
+    path = directory / "metrics.json"
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    written.append(path)
+    return written
