@@ -37,14 +37,42 @@ def _precheck(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    message = None
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            compose("config", overrides=overrides)
-    except Exception as err:  # Hydra raises several types; all mean bad input here
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        fail(first)
+            try:
+                compose("config", overrides=overrides)
+            except Exception as err:  # Hydra raises several types; all mean bad input here
+                message = _hydra_message(str(err)) or type(err).__name__
+                if message.endswith("not a known key"):
+                    parent = message.split(":")[0].rpartition(".")[0]
+                    node = compose("config").get(parent) if parent else compose("config")
+                    if hasattr(node, "keys"):
+                        keys = ", ".join(str(k) for k in node.keys() if k != "hydra")
+                        message += f"; keys of {parent or 'the top level'}: {keys}"
     finally:
         GlobalHydra.instance().clear()
+    if message is not None:
+        fail(message)
+
+
+def _hydra_message(text: str) -> str:
+    """One line for a Hydra composition error, naming the key and what is allowed."""
+    import re
+
+    missing = re.search(r"Could not find '([\w.-]+)/([^']+)'", text)
+    if missing:
+        group, name = missing.groups()
+        folder = config_dir() / group
+        options = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        allowed = ", ".join(options) if options else "none available"
+        return f"{group}: {name!r} is not one of {allowed}"
+    override = re.search(r"Could not override '([^']+)'", text)
+    if override:
+        key = override.group(1)
+        return f"{key}: not a known key"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return " ".join(lines[:2])
 
 
 def _make_progress(enabled: bool):
@@ -76,6 +104,8 @@ def run(cfg) -> None:
     from omegaconf import OmegaConf
 
     from descent_opt.config import EXPERIMENTS, ConfigError, from_mapping
+
+    logging.getLogger("jax").setLevel(logging.WARNING)
 
     try:
         config = from_mapping(OmegaConf.to_container(cfg, resolve=True))

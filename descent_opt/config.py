@@ -61,7 +61,6 @@ class RunConfig:
     success: SuccessCriteria
     objective: ObjectiveSpec
     optimizer: TrainSpec
-    baseline_steps: int
     evaluation: EvaluationSpec
     replay: ReplaySpec
     altitude_breakpoints_m: tuple[float, ...]
@@ -304,14 +303,13 @@ def from_mapping(cfg: Mapping) -> RunConfig:
 
     op = _Group(cfg, "optimizer")
     optimizer = TrainSpec(
-        steps=op.number("steps", 150, lo=1, integer=True),
+        steps=op.number("steps", 100, lo=1, integer=True),
         batch_size=op.number("batch_size", 128, lo=1, integer=True),
         learning_rate=op.number("learning_rate", 0.02, lo=0.0, lo_open=True),
         warmup_steps=op.number("warmup_steps", 10, lo=0, integer=True),
         clip_norm=op.number("clip_norm", 1.0, lo=0.0, lo_open=True),
         gate_softness=op.number("gate_softness", 1.0, lo=0.0),
     )
-    baseline_steps = op.number("baseline_steps", optimizer.steps, lo=1, integer=True)
     op.done()
 
     ev = _Group(cfg, "evaluation")
@@ -353,7 +351,6 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         success=success,
         objective=objective,
         optimizer=optimizer,
-        baseline_steps=baseline_steps,
         evaluation=evaluation,
         replay=replay,
         altitude_breakpoints_m=breakpoints,

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +28,7 @@ from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.objectives import LandingMetrics, landing_metrics, summarize
 from descent_opt.optimize.gains import tune_gains
-from descent_opt.scenarios import Scenario, TerrainSpec, replace_member, sample_scenarios
+from descent_opt.scenarios import Scenario, ScenarioSampler, TerrainSpec, replace_member, sample_scenarios
 from descent_opt.simulate import Trace, simulate_jit, simulate_traces
 
 
@@ -44,15 +43,9 @@ class RobustGainsResult:
     m2_traces: dict[str, Trace]
 
 
-def make_sampler(config: RunConfig, catalog: FaultCatalog) -> Callable[[jax.Array, int], Scenario]:
-    """Scenario sampler for training: the configured dispersion, terrain and ``catalog``."""
-
-    def sample(key, n):
-        return sample_scenarios(
-            config.scenario, config.terrain, catalog, config.vehicle.mass_initial_kg, n, key=key
-        )
-
-    return sample
+def make_sampler(config: RunConfig, catalog: FaultCatalog) -> ScenarioSampler:
+    """Scenario sampler: the configured dispersion and terrain, with ``catalog``'s faults."""
+    return ScenarioSampler(config.scenario, config.terrain, catalog, config.vehicle.mass_initial_kg)
 
 
 def evaluate(config: RunConfig, gains: Gains, scenarios: Scenario) -> LandingMetrics:
@@ -118,16 +111,17 @@ def run_robust_gains(
     k_base, k_robust = jax.random.split(key)
     nominal = FaultCatalog.nominal(config.sim.lrf.max_range_m)
 
-    def tune(phase, catalog, steps, k):
-        train = eqx.tree_at(lambda t: t.steps, config.optimizer, steps)
+    def tune(phase, catalog, k):
+        steps = config.optimizer.steps
         callback = None if progress is None else (lambda i, parts: progress(phase, i, steps, parts))
         return tune_gains(
             config.sim, initial, make_sampler(config, catalog), config.success, config.objective,
-            train, key=k, progress=callback,
+            config.optimizer, key=k, progress=callback,
         )
 
-    baseline, history_base = tune("baseline", nominal, config.baseline_steps, k_base)
-    optimized, history_opt = tune("optimized", config.faults, config.optimizer.steps, k_robust)
+    # Same design, objective, budget and optimiser for both; only the sensors differ.
+    baseline, history_base = tune("baseline", nominal, k_base)
+    optimized, history_opt = tune("optimized", config.faults, k_robust)
 
     heldout_key = jax.random.key(config.seed + config.evaluation.seed_offset)
     k_faulty, k_clean = jax.random.split(heldout_key)

@@ -134,6 +134,25 @@ def sample_scenarios(
     )
 
 
+class ScenarioSampler(eqx.Module):
+    """``sampler(key, n)`` draws a population. The fault catalog is held as arrays, so
+    samplers that differ only in fault rates and ranges trace to the same program."""
+
+    spec: ScenarioSpec
+    terrain: TerrainSpec
+    catalog: FaultCatalog
+    mass_initial_kg: float
+
+    def __init__(self, spec: ScenarioSpec, terrain: TerrainSpec, catalog: FaultCatalog, mass_initial_kg: float):
+        self.spec = spec
+        self.terrain = terrain
+        self.catalog = jax.tree.map(lambda x: jnp.asarray(x, dtype=float), catalog)
+        self.mass_initial_kg = mass_initial_kg
+
+    def __call__(self, key: PRNGKeyArray, n: int) -> Scenario:
+        return sample_scenarios(self.spec, self.terrain, self.catalog, self.mass_initial_kg, n, key=key)
+
+
 def replace_member(population: Scenario, index: int, **changes) -> Scenario:
     """Population with some fields of one member replaced, e.g. for a mission replay."""
     out = population

@@ -52,6 +52,41 @@ def from_params(params, breakpoints_m) -> Gains:
     return eqx.tree_at(lambda g: g.altitude_breakpoints_m, gains, breakpoints_m, is_leaf=lambda x: x is None)
 
 
+def _optimizer(train: TrainSpec) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0,
+        train.learning_rate,
+        train.warmup_steps,
+        max(train.steps, train.warmup_steps + 1),
+        0.1 * train.learning_rate,
+    )
+    return optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(schedule))
+
+
+def population_risk(params, breakpoints_m, spec: SimSpec, scenarios: Scenario, criteria, objective):
+    """Risk of the gains given by unconstrained ``params`` over a population."""
+    propellant = spec.vehicle.mass_initial_kg - spec.vehicle.mass_dry_kg
+    outcome = simulate(spec, from_params(params, breakpoints_m), scenarios)
+    return risk(outcome, criteria, objective, propellant)
+
+
+@eqx.filter_jit
+def _train_step(train, spec, criteria, objective, sampler, breakpoints_m, params, opt_state, mean, key):
+    # Module-level and keyed only on static settings: tuning runs that differ in their
+    # fault catalog (array leaves of the sampler) share one compilation.
+    scenarios = sampler(key, train.batch_size)
+    (value, parts), grads = eqx.filter_value_and_grad(population_risk, has_aux=True)(
+        params, breakpoints_m, spec, scenarios, criteria, objective
+    )
+    grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
+    updates, opt_state = _optimizer(train).update(grads, opt_state, params)
+    params = eqx.apply_updates(params, updates)
+    decay = train.average_decay
+    mean = jax.tree.map(lambda m, p: decay * m + (1.0 - decay) * p, mean, params)
+    parts = dict(parts, objective=value, grad_norm=jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))
+    return params, opt_state, mean, parts
+
+
 def tune_gains(
     spec: SimSpec,
     initial: Gains,
@@ -63,41 +98,18 @@ def tune_gains(
     key: PRNGKeyArray,
     progress: Callable[[int, dict], None] | None = None,
 ) -> tuple[Gains, dict[str, np.ndarray]]:
-    """Minimise the population risk over the gains; returns the tuned gains and the
-    per-step history (objective and its parts)."""
+    """Minimise the population risk over the gains; returns the tuned (averaged) gains and
+    the per-step history of the objective and its parts."""
     spec = eqx.tree_at(lambda s: s.gate_softness, spec, train.gate_softness)
     breakpoints = initial.altitude_breakpoints_m
-    propellant = spec.vehicle.mass_initial_kg - spec.vehicle.mass_dry_kg
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, train.learning_rate, train.warmup_steps, max(train.steps, train.warmup_steps + 1), 0.1 * train.learning_rate
-    )
-    optimizer = optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(schedule))
-
-    def objective_fn(params, scenarios):
-        outcome = simulate(spec, from_params(params, breakpoints), scenarios)
-        return risk(outcome, criteria, objective, propellant)
-
-    @eqx.filter_jit
-    def update(params, opt_state, step_key):
-        scenarios = sampler(step_key, train.batch_size)
-        (value, parts), grads = eqx.filter_value_and_grad(objective_fn, has_aux=True)(params, scenarios)
-        grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = eqx.apply_updates(params, updates)
-        parts = dict(parts, objective=value, grad_norm=optax.global_norm(grads))
-        return params, opt_state, parts
-
-    @eqx.filter_jit
-    def average(mean, params):
-        return jax.tree.map(lambda m, p: train.average_decay * m + (1.0 - train.average_decay) * p, mean, params)
-
     params = to_params(initial)
     mean = params
-    opt_state = optimizer.init(params)
+    opt_state = _optimizer(train).init(params)
     history: dict[str, list[float]] = {}
     for i, step_key in enumerate(jax.random.split(key, train.steps)):
-        params, opt_state, parts = update(params, opt_state, step_key)
-        mean = average(mean, params)
+        params, opt_state, mean, parts = _train_step(
+            train, spec, criteria, objective, sampler, breakpoints, params, opt_state, mean, step_key
+        )
         parts = {k: float(v) for k, v in parts.items()}
         for k, v in parts.items():
             history.setdefault(k, []).append(v)

@@ -1,0 +1,45 @@
+"""Configuration: conf/ composes into a valid typed config; bad values name their key."""
+
+from __future__ import annotations
+
+import pytest
+
+import descent_opt
+from descent_opt.config import ConfigError
+
+
+def test_default_config_matches_contract_keys():
+    config = descent_opt.load_config([])
+    assert config.vehicle.mass_initial_kg == 480.0 and config.vehicle.mass_dry_kg == 340.0
+    assert config.scenario.r0_m == (-300.0, 0.0, 5000.0)
+    assert config.evaluation.n_scenarios >= 2000
+    assert config.faults.acquisition_range_m == (700.0, 3000.0)
+
+
+def test_overrides_reach_the_typed_config():
+    config = descent_opt.load_config(["vehicle.thrust_min_n=0", "optimizer.steps=7", "seed=5", "moon.gravity_mps2=1.6"])
+    assert config.vehicle.thrust_min_n == 0.0
+    assert config.optimizer.steps == 7 and config.seed == 5
+    assert config.sim.gravity_mps2 == 1.6
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("vehicle.mass_dry_kg=480", "vehicle.mass_dry_kg"),
+        ("vehicle.thrust_min_n=3000", "vehicle.thrust_min_n"),
+        ("vehicle.max_tilt_deg=-1", "vehicle.max_tilt_deg"),
+        ("scenario.v0_mps=[0,0]", "scenario.v0_mps"),
+        ("scenario.r0_m=[0,0,-5]", "scenario.r0_m"),
+        ("sim.dt_s=0", "sim.dt_s"),
+        ("faults.acquisition_range_m=[3000,700]", "faults.acquisition_range_m"),
+        ("guidance.altitude_breakpoints_m=[0,100,50]", "guidance.altitude_breakpoints_m"),
+        ("+optimizer.momentum=0.9", "optimizer.momentum"),
+        ("objective.cvar_alpha=1.5", "objective.cvar_alpha"),
+    ],
+)
+def test_bad_values_name_their_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        descent_opt.load_config([override])
+    assert str(info.value).startswith(key + ":")
+    assert "\n" not in str(info.value)
