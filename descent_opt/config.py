@@ -23,6 +23,7 @@ from descent_opt.sensors import ImuSpec, LrfSpec
 from descent_opt.simulate import SimSpec
 
 EXPERIMENTS = ("robust_gains",)
+PRECISIONS = ("float32", "float64")
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,7 @@ class RunConfig:
     replay: ReplaySpec
     altitude_breakpoints_m: tuple[float, ...]
     progress: bool
+    precision: str = "float32"
 
 
 class _Group:
@@ -176,6 +178,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     if gains_path is not None and not isinstance(gains_path, str):
         raise ConfigError("gains", "a path to a gains.json file", gains_path)
     progress = top.flag("progress", True)
+    precision = top.choice("precision", PRECISIONS, "float32")
     for group in ("vehicle", "moon", "scenario", "terrain", "faults", "sensors", "sim", "navigation",
                   "guidance", "success", "objective", "optimizer", "evaluation", "replay", "hydra"):
         top.used.add(group)
@@ -355,4 +358,5 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         replay=replay,
         altitude_breakpoints_m=breakpoints,
         progress=progress,
+        precision=precision,
     )

@@ -77,7 +77,7 @@ def clip_norm(x: Float[Array, "n"], limit: Float[Array, ""]) -> Float[Array, "n"
 
 
 def initial_state(vehicle: Vehicle, position_m, velocity_mps, mass_kg=None) -> LanderState:
-    """Lander at rest on its thrust settings: engine at minimum thrust, axis vertical."""
+    """Lander at the start of the descent: engine at minimum thrust, axis vertical."""
     mass = vehicle.mass_initial_kg if mass_kg is None else mass_kg
     return LanderState(
         position_m=jnp.asarray(position_m, dtype=float),

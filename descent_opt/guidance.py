@@ -20,7 +20,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from descent_opt.dynamics import Vehicle, clip_norm
 from descent_opt.navigation import NavParams, NavState
@@ -70,7 +70,7 @@ def default_gains(
     constant-acceleration braking ``sqrt(2 a (h - terminal_height_m))``; classical ZEM/ZEV
     gains (velocity nulling only near the ground); a 1-sigma altitude margin; no contingency
     (its envelope equals the nominal one)."""
-    h = jnp.asarray(np.asarray(altitude_breakpoints_m, dtype=np.float32))
+    h = jnp.asarray(np.asarray(altitude_breakpoints_m, dtype=float))
     rate = (
         touchdown_rate_mps
         + terminal_slope_per_s * jnp.minimum(h, terminal_height_m)
@@ -112,7 +112,7 @@ def time_to_go_s(
     return jnp.interp(height_m, breakpoints_m, cumulative) + beyond
 
 
-def in_contingency(nav: NavState, spec: GuidanceSpec) -> Float[Array, ""]:
+def in_contingency(nav: NavState, spec: GuidanceSpec) -> Bool[Array, ""]:
     """LRF silent (or rejected) for too long below the altitude where it should work."""
     return (nav.since_accept_s > spec.lrf_stale_after_s) & (
         nav.position_m[2] < spec.lrf_expected_altitude_m

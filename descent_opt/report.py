@@ -9,6 +9,8 @@ import numpy as np
 from descent_opt.objectives import LandingMetrics
 from descent_opt.simulate import Trace
 
+COLORS = {"baseline": "tab:red", "optimized": "tab:blue", "candidate": "tab:green"}
+
 
 def _pyplot():
     import matplotlib
@@ -29,8 +31,8 @@ def plot_touchdown_speeds(
     o = np.asarray(optimized.vertical_speed_mps)
     top = max(float(np.max(b)), float(np.max(o)), limit_mps * 2)
     bins = np.linspace(0.0, top, 60)
-    ax.hist(b, bins=bins, alpha=0.6, label=f"baseline (success {np.mean(baseline.success):.1%})")
-    ax.hist(o, bins=bins, alpha=0.6, label=f"optimized (success {np.mean(optimized.success):.1%})")
+    ax.hist(b, bins=bins, alpha=0.6, color=COLORS["baseline"], label=f"baseline (success {np.mean(baseline.success):.1%})")
+    ax.hist(o, bins=bins, alpha=0.6, color=COLORS["optimized"], label=f"optimized (success {np.mean(optimized.success):.1%})")
     ax.axvline(limit_mps, color="k", ls="--", lw=1, label=f"limit {limit_mps:g} m/s")
     ax.set_yscale("log")
     ax.set_xlabel("touchdown vertical speed (m/s)")
@@ -64,7 +66,7 @@ def plot_success_vs_acquisition(
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, m in (("baseline", baseline), ("optimized", optimized)):
         rate, _ = success_by_bin(acquisition_m[finite], np.asarray(m.success)[finite], edges)
-        ax.plot(centres, rate, marker="o", label=name)
+        ax.plot(centres, rate, marker="o", color=COLORS[name], label=name)
     ax.set_xlabel("LRF first valid range (m)")
     ax.set_ylabel("success rate")
     ax.set_ylim(0.0, 1.02)
@@ -80,7 +82,8 @@ def plot_replay(traces: dict[str, Trace], title: str, path: Path) -> None:
     """Altitude versus vertical speed, true and estimated, for each set of gains."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
-    for (name, tr), color in zip(traces.items(), ("tab:red", "tab:blue", "tab:green")):
+    for name, tr in traces.items():
+        color = COLORS.get(name, "k")
         h = np.asarray(tr.height_m)
         n = int(np.argmax(h <= 0.0)) + 1 if np.any(h <= 0.0) else len(h)
         ax.plot(-np.asarray(tr.vertical_speed_mps)[:n], np.asarray(tr.altitude_m)[:n], color=color, label=f"{name}: true")

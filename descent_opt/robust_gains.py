@@ -101,6 +101,8 @@ def run_robust_gains(
 
     ``progress(phase, step, total, parts)`` is called after every optimisation step."""
     start = time.perf_counter()
+    if config.precision == "float64":
+        jax.config.update("jax_enable_x64", True)  # global: affects arrays created from here on
     if initial is None:
         initial = (
             load_gains(config.gains_path)
@@ -201,9 +203,7 @@ def write_outputs(result: RobustGainsResult, config: RunConfig, directory: str |
     provenance = {
         "generator": "descent_opt robust_gains",
         "seed": config.seed,
-        "vehicle": dataclasses.asdict(config.vehicle) if dataclasses.is_dataclass(config.vehicle) else {
-            k: getattr(config.vehicle, k) for k in ("mass_initial_kg", "mass_dry_kg", "thrust_max_n", "thrust_min_n", "isp_s", "max_tilt_deg")
-        },
+        "vehicle": dataclasses.asdict(config.vehicle),
         "training_steps": config.optimizer.steps,
         "heldout_success_rate": result.metrics["optimized"]["success_rate"],
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -6,8 +6,6 @@ Module with a leading batch axis on every leaf, drawn from one PRNG key.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,6 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from descent_opt import terrain as terrain_lib
 from descent_opt.faults import FaultCatalog, Faults, sample_faults
 
-TerrainKind = Literal["flat", "slope", "crater", "crater_field"]
 TERRAIN_KINDS = ("flat", "slope", "crater", "crater_field")
 
 
