@@ -10,7 +10,7 @@ from descent_opt.config import ConfigError, RunConfig, from_mapping
 from descent_opt.export import load_gains, write_gain_table
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.robust_gains import RobustGainsResult, run_robust_gains, write_outputs
-from descent_opt.simulate import SimSpec, simulate, simulate_traces
+from descent_opt.simulate import SimSpec
 
 __version__ = "0.1.0"
 
@@ -46,8 +46,6 @@ __all__ = [
     "load_config",
     "load_gains",
     "run_robust_gains",
-    "simulate",
-    "simulate_traces",
     "write_gain_table",
     "write_outputs",
 ]

@@ -113,7 +113,8 @@ def time_to_go_s(
 
 
 def in_contingency(nav: NavState, spec: GuidanceSpec) -> Bool[Array, ""]:
-    """LRF silent (or rejected) for too long below the altitude where it should work."""
+    """LRF silent (or rejected) for too long below the altitude where it should work. A
+    descent that starts below that altitude with no reading yet is in contingency at once."""
     return (nav.since_accept_s > spec.lrf_stale_after_s) & (
         nav.position_m[2] < spec.lrf_expected_altitude_m
     )

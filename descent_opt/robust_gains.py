@@ -29,7 +29,7 @@ from descent_opt.guidance import Gains, default_gains
 from descent_opt.objectives import LandingMetrics, landing_metrics, summarize
 from descent_opt.optimize.gains import tune_gains
 from descent_opt.scenarios import Scenario, ScenarioSampler, TerrainSpec, replace_member, sample_scenarios
-from descent_opt.simulate import Trace, simulate_jit, simulate_traces
+from descent_opt.simulate import Trace, simulate, simulate_traces
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ def make_sampler(config: RunConfig, catalog: FaultCatalog) -> ScenarioSampler:
 
 def evaluate(config: RunConfig, gains: Gains, scenarios: Scenario) -> LandingMetrics:
     """Hard-rule landing metrics of ``gains`` over a population."""
-    return landing_metrics(simulate_jit(config.sim, gains, scenarios), config.success)
+    return landing_metrics(simulate(config.sim, gains, scenarios), config.success)
 
 
 def m2_replay_scenario(config: RunConfig) -> Scenario:

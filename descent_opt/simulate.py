@@ -210,12 +210,10 @@ def _run(spec: SimSpec, gains: Gains, scenario: Scenario, keep_trace: bool):
     return outcome, trace
 
 
+@eqx.filter_jit
 def simulate(spec: SimSpec, gains: Gains, scenarios: Scenario) -> Outcome:
     """Fly every scenario of a population with one set of gains (differentiable in gains)."""
     return jax.vmap(lambda s: _run(spec, gains, s, False)[0])(scenarios)
-
-
-simulate_jit = eqx.filter_jit(simulate)
 
 
 @eqx.filter_jit

@@ -16,6 +16,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from descent_opt.dynamics import safe_norm
 
 RIM_STEP_SLOT = 0  # slot reserved for the fault catalog's crater-rim step
+EJECTA_CLEARANCE_RADII = 2.0  # field craters keep this many radii (plus keep-out) from the target
 
 
 class Terrain(eqx.Module):
@@ -124,15 +125,16 @@ def crater_field(
     key: PRNGKeyArray,
 ) -> Terrain:
     """Procedural field: crater sizes log-uniform in ``radius_range_m``, centres uniform in a
-    square of half-width ``extent_m`` but at least ``keep_out_m`` plus one radius from the
-    target (the landing site is chosen clear of craters). Slot 0 stays empty."""
+    square of half-width ``extent_m`` but at least ``keep_out_m`` plus two radii from the
+    target, so neither a bowl nor its ejecta (which fades over about 1.6 radii) reaches the
+    landing site: the target stays at height 0. Slot 0 stays empty."""
     k_pos, k_rad, k_rim = jax.random.split(key, 3)
     lo, hi = jnp.log(radius_range_m[0]), jnp.log(radius_range_m[1])
     radius = jnp.exp(jax.random.uniform(k_rad, (n_craters,), minval=lo, maxval=hi))
     center = jax.random.uniform(k_pos, (n_craters, 2), minval=-extent_m, maxval=extent_m)
     # Push centres that fall inside the keep-out disc radially outward.
     distance = safe_norm(center)
-    need = keep_out_m + radius
+    need = keep_out_m + EJECTA_CLEARANCE_RADII * radius
     direction = center / jnp.maximum(distance, 1e-6)[:, None]
     center = jnp.where((distance < need)[:, None], direction * need[:, None], center)
     depth = 2.0 * radius * depth_to_diameter

@@ -35,7 +35,7 @@ def main() -> None:
     gains = default_gains(config.altitude_breakpoints_m)
     sampler = make_sampler(config, config.faults)
     scenarios = sampler(jax.random.key(0), args.population)
-    forward = eqx.filter_jit(simulate)
+    forward = simulate
 
     t0 = time.perf_counter()
     jax.block_until_ready(forward(spec, gains, scenarios))
