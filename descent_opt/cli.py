@@ -87,7 +87,9 @@ def _make_progress(enabled: bool):
         if bar is None:
             for other in bars.values():
                 other.close()
-            bar = bars[phase] = tqdm(total=total, desc=f"tuning {phase} gains", unit="step", file=sys.stderr)
+            bar = bars[phase] = tqdm(
+                total=total, desc=f"tuning {phase} gains", unit="step", file=sys.stderr
+            )
         bar.update(1)
         bar.set_postfix(objective=f"{parts['objective']:.3f}", fuel=f"{parts['fuel_fraction']:.3f}")
 
@@ -110,7 +112,9 @@ def run(cfg) -> None:
     try:
         config = from_mapping(OmegaConf.to_container(cfg, resolve=True))
         if config.experiment is None:
-            raise ConfigError("experiment", "chosen with +experiment=NAME, NAME one of " + ", ".join(EXPERIMENTS))
+            raise ConfigError(
+                "experiment", "chosen with +experiment=NAME, NAME one of " + ", ".join(EXPERIMENTS)
+            )
         if config.gains_path:
             from descent_opt.export import load_gains
 

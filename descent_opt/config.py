@@ -141,7 +141,9 @@ class _Group:
 def _range(g: _Group, k: str, default, lo=0.0, hi=None) -> tuple[float, float]:
     a, b = g.vector(k, default, length=2, lo=lo)
     if a > b or (hi is not None and b > hi):
-        raise ConfigError(g.key(k), "[low, high] with low <= high" + (f" <= {hi}" if hi else ""), [a, b])
+        raise ConfigError(
+            g.key(k), "[low, high] with low <= high" + (f" <= {hi}" if hi else ""), [a, b]
+        )
     return (a, b)
 
 
@@ -179,8 +181,23 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         raise ConfigError("gains", "a path to a gains.json file", gains_path)
     progress = top.flag("progress", True)
     precision = top.choice("precision", PRECISIONS, "float32")
-    for group in ("vehicle", "moon", "scenario", "terrain", "faults", "sensors", "sim", "navigation",
-                  "guidance", "success", "objective", "optimizer", "evaluation", "replay", "hydra"):
+    for group in (
+        "vehicle",
+        "moon",
+        "scenario",
+        "terrain",
+        "faults",
+        "sensors",
+        "sim",
+        "navigation",
+        "guidance",
+        "success",
+        "objective",
+        "optimizer",
+        "evaluation",
+        "replay",
+        "hydra",
+    ):
         top.used.add(group)
     top.done()
 
@@ -191,8 +208,8 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     if vehicle.thrust_max_n <= vehicle.mass_initial_kg * gravity:
         raise ConfigError(
             "vehicle.thrust_max_n",
-            f"above the initial weight mass_initial_kg * gravity = {vehicle.mass_initial_kg * gravity:.0f} N "
-            "(the lander could never stop descending)",
+            "above the initial weight mass_initial_kg * gravity = "
+            f"{vehicle.mass_initial_kg * gravity:.0f} N (the lander could never stop descending)",
             vehicle.thrust_max_n,
         )
 
@@ -210,7 +227,9 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     )
     s.done()
     if scenario.r0_m[2] <= 0.0:
-        raise ConfigError("scenario.r0_m", "a start above the surface (third number > 0)", list(scenario.r0_m))
+        raise ConfigError(
+            "scenario.r0_m", "a start above the surface (third number > 0)", list(scenario.r0_m)
+        )
 
     t = _Group(cfg, "terrain")
     terrain = TerrainSpec(
@@ -265,13 +284,20 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         lrf_stale_after_s=gu.number("lrf_stale_after_s", 2.0, lo=0.0, lo_open=True),
         tgo_max_s=gu.number("tgo_max_s", 200.0, lo=1.0),
     )
-    bps = gu.raw("altitude_breakpoints_m", [0, 20, 50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000, 6000])
+    bps = gu.raw(
+        "altitude_breakpoints_m",
+        [0, 20, 50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000, 6000],
+    )
     if isinstance(bps, (str, bytes)) or not hasattr(bps, "__len__") or len(bps) < 2:
-        raise ConfigError("guidance.altitude_breakpoints_m", "a list of at least 2 increasing altitudes", bps)
+        raise ConfigError(
+            "guidance.altitude_breakpoints_m", "a list of at least 2 increasing altitudes", bps
+        )
     bps = _Group({"b": {str(i): x for i, x in enumerate(bps)}}, "b")
     breakpoints = tuple(bps.number(str(i), lo=0.0) for i in range(len(bps.data)))
     if breakpoints[0] != 0.0 or any(b >= a for a, b in zip(breakpoints[1:], breakpoints[:-1])):
-        raise ConfigError("guidance.altitude_breakpoints_m", "increasing and starting at 0", list(breakpoints))
+        raise ConfigError(
+            "guidance.altitude_breakpoints_m", "increasing and starting at 0", list(breakpoints)
+        )
     gu.done()
 
     nav = _Group(cfg, "navigation")

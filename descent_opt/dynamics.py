@@ -66,11 +66,15 @@ def tilt_from_vector(v: Float[Array, "3"]) -> Float[Array, "2"]:
     """Tilt vector of the direction of ``v`` (inverse of :func:`axis_from_tilt`)."""
     horizontal = safe_norm(v[:2])
     angle = jnp.arctan2(horizontal, v[2])
-    scale = jnp.where(horizontal > 1e-9, angle / jnp.where(horizontal > 1e-9, horizontal, 1.0), 1.0 / jnp.maximum(v[2], 1e-9))
+    scale = jnp.where(
+        horizontal > 1e-9,
+        angle / jnp.where(horizontal > 1e-9, horizontal, 1.0),
+        1.0 / jnp.maximum(v[2], 1e-9),
+    )
     return v[:2] * scale
 
 
-def clip_norm(x: Float[Array, "n"], limit: Float[Array, ""]) -> Float[Array, "n"]:
+def clip_norm(x: Float[Array, " n"], limit: Float[Array, ""]) -> Float[Array, " n"]:
     """Scale ``x`` down so its norm is at most ``limit``."""
     n = safe_norm(x)
     return x * jnp.minimum(1.0, limit / jnp.maximum(n, 1e-12))

@@ -82,7 +82,9 @@ def sample_faults(
 
     late = occurs(keys[0], catalog.late_acquisition_rate)
     acquisition = jnp.where(late, uniform(keys[1], catalog.acquisition_range_m), no_acquisition_m)
-    latency = jnp.where(occurs(keys[2], catalog.latency_rate), uniform(keys[3], catalog.latency_s), 0.0)
+    latency = jnp.where(
+        occurs(keys[2], catalog.latency_rate), uniform(keys[3], catalog.latency_s), 0.0
+    )
     dropout = jnp.where(
         occurs(keys[4], catalog.dropout_rate), uniform(keys[5], catalog.dropout_prob), 0.0
     )

@@ -8,8 +8,8 @@ contingency envelope takes over (a silent LRF is also evidence that the lander i
 
 Horizontal channel: ZEM/ZEV feedback ``a = k_r ZEM / t_go^2 - k_v ZEV / t_go`` toward the
 target with zero horizontal velocity, ``t_go`` being the time the active envelope takes to
-reach the ground from the scheduling altitude; ``k_r = 6, k_v = 2`` is the classical energy-optimal law,
-``k_r = 0, k_v < 0`` pure velocity nulling (the landing phase).
+reach the ground from the scheduling altitude; ``k_r = 6, k_v = 2`` is the classical
+energy-optimal law, ``k_r = 0, k_v < 0`` pure velocity nulling (the landing phase).
 
 Every column is scheduled on estimated-altitude breakpoints: that schedule is the gain table.
 """
@@ -76,7 +76,6 @@ def default_gains(
         + terminal_slope_per_s * jnp.minimum(h, terminal_height_m)
         + jnp.sqrt(2.0 * braking_accel_mps2 * jnp.maximum(h - terminal_height_m, 0.0))
     )
-    ones = jnp.ones_like(h)
     low = h < 150.0  # landing phase: null horizontal velocity, tight descent-rate loop
     return Gains(
         altitude_breakpoints_m=h,
@@ -161,8 +160,9 @@ def thrust_command(
     # Vertical priority: bound the vertical thrust first, then give the horizontal what
     # remains within the magnitude and the tilt limit.
     max_tilt = jnp.deg2rad(vehicle.max_tilt_deg)
-    thrust_z = jnp.clip(mass_kg * accel_z, vehicle.thrust_min_n * jnp.cos(max_tilt), vehicle.thrust_max_n)
+    thrust_z = jnp.clip(
+        mass_kg * accel_z, vehicle.thrust_min_n * jnp.cos(max_tilt), vehicle.thrust_max_n
+    )
     room = jnp.sqrt(jnp.maximum(vehicle.thrust_max_n**2 - thrust_z**2, 1e-6))
     thrust_h = clip_norm(mass_kg * accel_h, jnp.minimum(room, thrust_z * jnp.tan(max_tilt)))
     return jnp.concatenate([thrust_h, thrust_z[None]])
-

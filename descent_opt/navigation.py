@@ -57,9 +57,7 @@ def initial_nav(
     bias_sigma_mps2: float,
 ) -> NavState:
     """Filter at the start of the descent, from orbit determination and the site map."""
-    cov = jnp.diag(
-        jnp.array([altitude_sigma_m, vertical_velocity_sigma_mps, bias_sigma_mps2]) ** 2
-    )
+    cov = jnp.diag(jnp.array([altitude_sigma_m, vertical_velocity_sigma_mps, bias_sigma_mps2]) ** 2)
     return NavState(
         position_m=position_estimate_m,
         velocity_mps=velocity_estimate_mps,
@@ -82,9 +80,7 @@ def predict(
     accel = accel_measured_mps2 + jnp.array([0.0, 0.0, -gravity_mps2 - nav.accel_bias_mps2])
     position = nav.position_m + nav.velocity_mps * dt_s + 0.5 * accel * dt_s**2
     velocity = nav.velocity_mps + accel * dt_s
-    transition = jnp.array(
-        [[1.0, dt_s, -0.5 * dt_s**2], [0.0, 1.0, -dt_s], [0.0, 0.0, 1.0]]
-    )
+    transition = jnp.array([[1.0, dt_s, -0.5 * dt_s**2], [0.0, 1.0, -dt_s], [0.0, 0.0, 1.0]])
     shaping = jnp.array([0.5 * dt_s**2, dt_s, 0.0])
     bias_walk = jnp.diag(jnp.array([0.0, 0.0, (1e-5) ** 2 * dt_s]))
     cov = (
@@ -129,7 +125,9 @@ def update(
     cov = nav.cov - weight * jnp.outer(gain, nav.cov[0, :])
 
     rejected = usable & ~accepted
-    rejecting = jnp.where(rejected, nav.rejecting_s + dt_s, jnp.where(accepted, 0.0, nav.rejecting_s))
+    rejecting = jnp.where(
+        rejected, nav.rejecting_s + dt_s, jnp.where(accepted, 0.0, nav.rejecting_s)
+    )
     timed_out = rejected & (rejecting > params.reacquire_after_s)
     if policy == "reacquire":
         # Reset altitude to the reading; drop its correlations with the other states.

@@ -31,8 +31,20 @@ def plot_touchdown_speeds(
     o = np.asarray(optimized.vertical_speed_mps)
     top = max(float(np.max(b)), float(np.max(o)), limit_mps * 2)
     bins = np.linspace(0.0, top, 60)
-    ax.hist(b, bins=bins, alpha=0.6, color=COLORS["baseline"], label=f"baseline (success {np.mean(baseline.success):.1%})")
-    ax.hist(o, bins=bins, alpha=0.6, color=COLORS["optimized"], label=f"optimized (success {np.mean(optimized.success):.1%})")
+    ax.hist(
+        b,
+        bins=bins,
+        alpha=0.6,
+        color=COLORS["baseline"],
+        label=f"baseline (success {np.mean(baseline.success):.1%})",
+    )
+    ax.hist(
+        o,
+        bins=bins,
+        alpha=0.6,
+        color=COLORS["optimized"],
+        label=f"optimized (success {np.mean(optimized.success):.1%})",
+    )
     ax.axvline(limit_mps, color="k", ls="--", lw=1, label=f"limit {limit_mps:g} m/s")
     ax.set_yscale("log")
     ax.set_xlabel("touchdown vertical speed (m/s)")
@@ -60,7 +72,11 @@ def plot_success_vs_acquisition(
     plt = _pyplot()
     acquisition_m = np.asarray(acquisition_m)
     finite = acquisition_m < 1e8
-    lo, hi = (float(acquisition_m[finite].min()), float(acquisition_m[finite].max())) if finite.any() else (0.0, 1.0)
+    lo, hi = (
+        (float(acquisition_m[finite].min()), float(acquisition_m[finite].max()))
+        if finite.any()
+        else (0.0, 1.0)
+    )
     edges = np.linspace(lo, hi + 1e-6, 9)
     centres = 0.5 * (edges[1:] + edges[:-1])
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -86,7 +102,12 @@ def plot_replay(traces: dict[str, Trace], title: str, path: Path) -> None:
         color = COLORS.get(name, "k")
         h = np.asarray(tr.height_m)
         n = int(np.argmax(h <= 0.0)) + 1 if np.any(h <= 0.0) else len(h)
-        ax.plot(-np.asarray(tr.vertical_speed_mps)[:n], np.asarray(tr.altitude_m)[:n], color=color, label=f"{name}: true")
+        ax.plot(
+            -np.asarray(tr.vertical_speed_mps)[:n],
+            np.asarray(tr.altitude_m)[:n],
+            color=color,
+            label=f"{name}: true",
+        )
         ax.plot(
             -np.asarray(tr.vertical_speed_estimate_mps)[:n],
             np.asarray(tr.altitude_estimate_m)[:n],
@@ -124,17 +145,20 @@ def summary_table(metrics: dict) -> str:
         lines.append(f"{label:26s}{fmt.format(b[key]):>12s}{fmt.format(o[key]):>12s}")
     if "nominal" in metrics:
         nb, no = metrics["nominal"]["baseline"], metrics["nominal"]["optimized"]
-        lines.append(f"{'fuel, nominal sensors (kg)':26s}{nb['fuel_kg_mean']:>12.2f}{no['fuel_kg_mean']:>12.2f}")
+        label = "fuel, nominal sensors (kg)"
+        lines.append(f"{label:26s}{nb['fuel_kg_mean']:>12.2f}{no['fuel_kg_mean']:>12.2f}")
     m2 = metrics["m2_replay"]
     lines.append(
         f"{'M2 replay speed (m/s)':26s}{m2['baseline']['touchdown_speed_mps']:>12.2f}"
         f"{m2['optimized']['touchdown_speed_mps']:>12.2f}"
     )
-    lines.append(
-        f"{'M2 replay landed safely':26s}{str(m2['baseline']['success']):>12s}{str(m2['optimized']['success']):>12s}"
-    )
+    safe = [str(m2[k]["success"]) for k in ("baseline", "optimized")]
+    lines.append(f"{'M2 replay landed safely':26s}{safe[0]:>12s}{safe[1]:>12s}")
     price = metrics.get("fuel_price_kg")
     if price is not None:
-        lines += ["", f"Fuel price of robustness: {price['nominal_sensors']:+.2f} kg with nominal sensors, "
-                  f"{price['with_faults']:+.2f} kg with faults"]
+        lines += [
+            "",
+            f"Fuel price of robustness: {price['nominal_sensors']:+.2f} kg with nominal sensors, "
+            f"{price['with_faults']:+.2f} kg with faults",
+        ]
     return "\n".join(lines)

@@ -28,7 +28,13 @@ from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.objectives import LandingMetrics, landing_metrics, summarize
 from descent_opt.optimize.gains import tune_gains
-from descent_opt.scenarios import Scenario, ScenarioSampler, TerrainSpec, replace_member, sample_scenarios
+from descent_opt.scenarios import (
+    Scenario,
+    ScenarioSampler,
+    TerrainSpec,
+    replace_member,
+    sample_scenarios,
+)
 from descent_opt.simulate import Trace, simulate, simulate_traces
 
 
@@ -117,8 +123,14 @@ def run_robust_gains(
         steps = config.optimizer.steps
         callback = None if progress is None else (lambda i, parts: progress(phase, i, steps, parts))
         return tune_gains(
-            config.sim, initial, make_sampler(config, catalog), config.success, config.objective,
-            config.optimizer, key=k, progress=callback,
+            config.sim,
+            initial,
+            make_sampler(config, catalog),
+            config.success,
+            config.objective,
+            config.optimizer,
+            key=k,
+            progress=callback,
         )
 
     # Same design, objective, budget and optimiser for both; only the sensors differ.
@@ -130,8 +142,14 @@ def run_robust_gains(
     n = config.evaluation.n_scenarios
     heldout = make_sampler(config, config.faults)(k_faulty, n)
     clean = make_sampler(config, nominal)(k_clean, n)
-    held = {name: evaluate(config, g, heldout) for name, g in (("baseline", baseline), ("optimized", optimized))}
-    held_clean = {name: evaluate(config, g, clean) for name, g in (("baseline", baseline), ("optimized", optimized))}
+    held = {
+        name: evaluate(config, g, heldout)
+        for name, g in (("baseline", baseline), ("optimized", optimized))
+    }
+    held_clean = {
+        name: evaluate(config, g, clean)
+        for name, g in (("baseline", baseline), ("optimized", optimized))
+    }
 
     replay = m2_replay_scenario(config)
     m2 = {}
@@ -153,7 +171,8 @@ def run_robust_gains(
         },
         "nominal": summary_clean,
         "fuel_price_kg": {
-            "with_faults": summary["optimized"]["fuel_kg_mean"] - summary["baseline"]["fuel_kg_mean"],
+            "with_faults": summary["optimized"]["fuel_kg_mean"]
+            - summary["baseline"]["fuel_kg_mean"],
             "nominal_sensors": summary_clean["optimized"]["fuel_kg_mean"]
             - summary_clean["baseline"]["fuel_kg_mean"],
         },
@@ -196,7 +215,9 @@ def _by_fault(population: Scenario, held: dict[str, LandingMetrics]) -> dict:
     return out
 
 
-def write_outputs(result: RobustGainsResult, config: RunConfig, directory: str | Path, wall_time_s: float) -> list[Path]:
+def write_outputs(
+    result: RobustGainsResult, config: RunConfig, directory: str | Path, wall_time_s: float
+) -> list[Path]:
     """Gain tables, plots and ``metrics.json`` (written last, so its presence means the run
     finished)."""
     directory = Path(directory)
@@ -210,19 +231,31 @@ def write_outputs(result: RobustGainsResult, config: RunConfig, directory: str |
     }
     written = write_gain_table(result.optimized, directory, provenance)
     base_path = directory / "baseline_gains.json"
-    write_text_atomic(base_path, json.dumps(gains_to_dict(result.baseline, dict(provenance, tuned_on="nominal sensors")), indent=2) + "\n")
+    write_text_atomic(
+        base_path,
+        json.dumps(
+            gains_to_dict(result.baseline, dict(provenance, tuned_on="nominal sensors")), indent=2
+        )
+        + "\n",
+    )
     written.append(base_path)
     plots = {
         "touchdown_speed.png": lambda p: report.plot_touchdown_speeds(
-            result.heldout_metrics["baseline"], result.heldout_metrics["optimized"],
-            config.success.vertical_speed_max_mps, p,
+            result.heldout_metrics["baseline"],
+            result.heldout_metrics["optimized"],
+            config.success.vertical_speed_max_mps,
+            p,
         ),
         "success_vs_acquisition.png": lambda p: report.plot_success_vs_acquisition(
-            result.heldout.faults.acquisition_range_m, result.heldout_metrics["baseline"],
-            result.heldout_metrics["optimized"], p,
+            result.heldout.faults.acquisition_range_m,
+            result.heldout_metrics["baseline"],
+            result.heldout_metrics["optimized"],
+            p,
         ),
         "m2_replay.png": lambda p: report.plot_replay(
-            result.m2_traces, f"Mission 2 replay: LRF first valid at {config.replay.lrf_acquisition_m:g} m", p
+            result.m2_traces,
+            f"Mission 2 replay: LRF first valid at {config.replay.lrf_acquisition_m:g} m",
+            p,
         ),
     }
     for name, draw in plots.items():

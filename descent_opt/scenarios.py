@@ -104,7 +104,11 @@ def sample_scenarios(
     position = jnp.asarray(spec.r0_m) + normal(k_r, spec.position_sigma_m)
     velocity = jnp.asarray(spec.v0_mps) + normal(k_v, spec.velocity_sigma_mps)
     mass = mass_initial_kg + spec.mass_sigma_kg * jax.random.normal(k_m, (n,))
-    nav_pos_sigma = (spec.nav_horizontal_sigma_m, spec.nav_horizontal_sigma_m, spec.nav_altitude_sigma_m)
+    nav_pos_sigma = (
+        spec.nav_horizontal_sigma_m,
+        spec.nav_horizontal_sigma_m,
+        spec.nav_altitude_sigma_m,
+    )
     nav_position_error = normal(k_np, nav_pos_sigma)
     nav_velocity_error = normal(k_nv, spec.nav_velocity_sigma_mps)
     if nominal_first:
@@ -140,14 +144,22 @@ class ScenarioSampler(eqx.Module):
     catalog: FaultCatalog
     mass_initial_kg: float
 
-    def __init__(self, spec: ScenarioSpec, terrain: TerrainSpec, catalog: FaultCatalog, mass_initial_kg: float):
+    def __init__(
+        self,
+        spec: ScenarioSpec,
+        terrain: TerrainSpec,
+        catalog: FaultCatalog,
+        mass_initial_kg: float,
+    ):
         self.spec = spec
         self.terrain = terrain
         self.catalog = jax.tree.map(lambda x: jnp.asarray(x, dtype=float), catalog)
         self.mass_initial_kg = mass_initial_kg
 
     def __call__(self, key: PRNGKeyArray, n: int) -> Scenario:
-        return sample_scenarios(self.spec, self.terrain, self.catalog, self.mass_initial_kg, n, key=key)
+        return sample_scenarios(
+            self.spec, self.terrain, self.catalog, self.mass_initial_kg, n, key=key
+        )
 
 
 def replace_member(population: Scenario, index: int, **changes) -> Scenario:

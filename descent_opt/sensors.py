@@ -48,7 +48,9 @@ def beam_range_m(
     """Distance along a downward unit ``beam_direction`` from ``position_m`` to the terrain,
     by fixed-point iteration (converges while terrain slope times beam tilt stays below 1)."""
     down = jnp.maximum(-beam_direction[2], 1e-3)
-    distance = jnp.maximum(position_m[2] - terrain_lib.height_m(terrain, position_m[:2]), 0.0) / down
+    distance = (
+        jnp.maximum(position_m[2] - terrain_lib.height_m(terrain, position_m[:2]), 0.0) / down
+    )
     for _ in range(iterations):
         foot = position_m[:2] + distance * beam_direction[:2]
         distance = jnp.maximum(position_m[2] - terrain_lib.height_m(terrain, foot), 0.0) / down

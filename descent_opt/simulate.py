@@ -135,7 +135,9 @@ def _step(spec: SimSpec, gains: Gains, scenario: Scenario, carry: _Carry, xs):
         absent=faults.absent,
         key=k_lrf,
     )
-    sample_due = jnp.floor((index + 1) * dt * spec.lrf.rate_hz) > jnp.floor(index * dt * spec.lrf.rate_hz)
+    sample_due = jnp.floor((index + 1) * dt * spec.lrf.rate_hz) > jnp.floor(
+        index * dt * spec.lrf.rate_hz
+    )
     nav, accepted = navigation.update(
         nav,
         measured * axis[2],

@@ -100,16 +100,34 @@ def test_wheel_runs_main_job_from_another_directory(wheel_site, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = subprocess.run(
         [sys.executable, "-c", "import descent_opt, sys; print(descent_opt.__file__)"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert str(wheel_site) in probe.stdout  # the wheel's copy ran, not the checkout
 
-    for name in ("metrics.json", "gains.json", "gains.csv", "gains.h", ".hydra/config.yaml",
-                 "touchdown_speed.png", "success_vs_acquisition.png", "m2_replay.png"):
+    for name in (
+        "metrics.json",
+        "gains.json",
+        "gains.csv",
+        "gains.h",
+        ".hydra/config.yaml",
+        "touchdown_speed.png",
+        "success_vs_acquisition.png",
+        "m2_replay.png",
+    ):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     for block in ("baseline", "optimized"):
-        for k in ("success_rate", "fuel_kg_mean", "touchdown_vz_mps_p99", "touchdown_vh_mps_p99", "n_scenarios"):
+        for k in (
+            "success_rate",
+            "fuel_kg_mean",
+            "touchdown_vz_mps_p99",
+            "touchdown_vh_mps_p99",
+            "n_scenarios",
+        ):
             assert np.isfinite(metrics[block][k]), (block, k)
         assert metrics[block]["n_scenarios"] == 64
         assert 0.0 <= metrics[block]["success_rate"] <= 1.0
@@ -131,5 +149,6 @@ def test_python_api_matches_contract_without_hydra_app(tmp_path):
     assert {p.name for p in written} >= {"metrics.json", "gains.json", "gains.csv", "gains.h"}
     loaded = descent_opt.load_gains(tmp_path / "gains.json")
     np.testing.assert_array_equal(
-        np.asarray(loaded.descent_rate_mps), np.asarray(result.optimized.descent_rate_mps, dtype=np.float32)
+        np.asarray(loaded.descent_rate_mps),
+        np.asarray(result.optimized.descent_rate_mps, dtype=np.float32),
     )

@@ -17,7 +17,9 @@ def test_default_config_matches_contract_keys():
 
 
 def test_overrides_reach_the_typed_config():
-    config = descent_opt.load_config(["vehicle.thrust_min_n=0", "optimizer.steps=7", "seed=5", "moon.gravity_mps2=1.6"])
+    config = descent_opt.load_config(
+        ["vehicle.thrust_min_n=0", "optimizer.steps=7", "seed=5", "moon.gravity_mps2=1.6"]
+    )
     assert config.vehicle.thrust_min_n == 0.0
     assert config.optimizer.steps == 7 and config.seed == 5
     assert config.sim.gravity_mps2 == 1.6

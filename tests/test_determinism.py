@@ -8,22 +8,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_models import VEHICLE
 
-from descent_opt.dynamics import Vehicle
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import default_gains
 from descent_opt.scenarios import ScenarioSpec, TerrainSpec, replace_member, sample_scenarios
 from descent_opt.simulate import SimSpec, simulate
 
-VEHICLE = Vehicle(480.0, 340.0, 2000.0, 400.0, 320.0, 15.0)
 SPEC = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=60.0)
 # Realistic faults and a crater field, so every random component is exercised.
-SCENARIO_SPEC = ScenarioSpec(r0_m=(0.0, 0.0, 300.0), v0_mps=(0.0, 0.0, -20.0), nav_altitude_sigma_m=20.0)
+SCENARIO_SPEC = ScenarioSpec(
+    r0_m=(0.0, 0.0, 300.0), v0_mps=(0.0, 0.0, -20.0), nav_altitude_sigma_m=20.0
+)
 N = 8
 
 
 def _sample(seed: int):
-    return sample_scenarios(SCENARIO_SPEC, TerrainSpec(), FaultCatalog(), 480.0, N, key=jax.random.key(seed))
+    return sample_scenarios(
+        SCENARIO_SPEC, TerrainSpec(), FaultCatalog(), 480.0, N, key=jax.random.key(seed)
+    )
 
 
 def _leaves(tree):
@@ -38,7 +41,9 @@ def _leaves(tree):
 
 def _identical(a, b) -> bool:
     la, lb = _leaves(a), _leaves(b)
-    return len(la) == len(lb) and all(x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y) for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y) for x, y in zip(la, lb)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +63,12 @@ def test_different_seed_different_population():
     a, b = _sample(0), _sample(1)
     assert not np.array_equal(np.asarray(a.position0_m), np.asarray(b.position0_m))
     assert not np.array_equal(np.asarray(a.faults.bias_m), np.asarray(b.faults.bias_m))
-    assert not np.array_equal(np.asarray(jax.random.key_data(a.key)), np.asarray(jax.random.key_data(b.key)))
-    assert not np.array_equal(np.asarray(a.terrain.crater_center_m), np.asarray(b.terrain.crater_center_m))
+    assert not np.array_equal(
+        np.asarray(jax.random.key_data(a.key)), np.asarray(jax.random.key_data(b.key))
+    )
+    assert not np.array_equal(
+        np.asarray(a.terrain.crater_center_m), np.asarray(b.terrain.crater_center_m)
+    )
 
 
 def test_same_seed_bitwise_identical_outcomes(outcomes):
@@ -70,8 +79,12 @@ def test_same_seed_bitwise_identical_outcomes(outcomes):
 
 def test_different_seed_different_outcomes(outcomes):
     first, _, other = outcomes
-    assert not np.array_equal(np.asarray(first.touchdown_time_s), np.asarray(other.touchdown_time_s))
-    assert not np.array_equal(np.asarray(first.touchdown_position_m), np.asarray(other.touchdown_position_m))
+    assert not np.array_equal(
+        np.asarray(first.touchdown_time_s), np.asarray(other.touchdown_time_s)
+    )
+    assert not np.array_equal(
+        np.asarray(first.touchdown_position_m), np.asarray(other.touchdown_position_m)
+    )
 
 
 def test_members_do_not_interact(outcomes):
@@ -90,4 +103,6 @@ def test_members_do_not_interact(outcomes):
     others = np.arange(N) != 3
     for a, b in zip(_leaves(first), _leaves(out)):
         np.testing.assert_array_equal(a[others], b[others])
-    assert not np.array_equal(np.asarray(first.touchdown_position_m[3]), np.asarray(out.touchdown_position_m[3]))
+    assert not np.array_equal(
+        np.asarray(first.touchdown_position_m[3]), np.asarray(out.touchdown_position_m[3])
+    )

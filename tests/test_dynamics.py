@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_models import VEHICLE
 
 from descent_opt import dynamics
 from descent_opt.dynamics import G0_MPS2, LanderState, Vehicle
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7
 GRAVITY = 1.62
-VEHICLE = Vehicle(480.0, 340.0, 2000.0, 400.0, 320.0, 15.0)
 
 
 def _state(position, velocity, mass, thrust=0.0, tilt=(0.0, 0.0)) -> LanderState:
@@ -72,8 +72,12 @@ def test_free_fall_matches_ballistic_closed_form():
     g = np.array([0.0, 0.0, GRAVITY])
     expected_pos = z0 + v0 * t - 0.5 * g * t**2
     expected_vel = v0 - g * t
-    np.testing.assert_allclose(np.asarray(hist.position_m), expected_pos, rtol=0, atol=n * EPS32 * 1000)
-    np.testing.assert_allclose(np.asarray(hist.velocity_mps), expected_vel, rtol=0, atol=n * EPS32 * 20)
+    np.testing.assert_allclose(
+        np.asarray(hist.position_m), expected_pos, rtol=0, atol=n * EPS32 * 1000
+    )
+    np.testing.assert_allclose(
+        np.asarray(hist.velocity_mps), expected_vel, rtol=0, atol=n * EPS32 * 20
+    )
     np.testing.assert_array_equal(np.asarray(hist.mass_kg), np.float32(480.0))
     np.testing.assert_array_equal(np.asarray(hist.thrust_n), 0.0)
 
@@ -166,7 +170,9 @@ def test_exhausted_lander_falls_freely_through_step():
     final, hist = _run_step(VEHICLE, start, jnp.array([0.0, 0.0, 2000.0]), 10, GRAVITY, 0.5)
     t = 5.0
     np.testing.assert_allclose(float(final.velocity_mps[2]), -10.0 - GRAVITY * t, atol=1e-4)
-    np.testing.assert_allclose(float(final.position_m[2]), 500 - 10 * t - GRAVITY * t**2 / 2, atol=1e-3)
+    np.testing.assert_allclose(
+        float(final.position_m[2]), 500 - 10 * t - GRAVITY * t**2 / 2, atol=1e-3
+    )
     np.testing.assert_array_equal(np.asarray(hist.mass_kg), np.float32(dry))
 
 
@@ -197,7 +203,9 @@ def test_actuator_tilt_rate_limit_and_max_tilt():
     10 deg/s * 0.2 s = 2 deg along the command azimuth, and the tilt saturates at 15 deg."""
     dt, n = 0.2, 12
     az = np.deg2rad(30.0)
-    command = 1000.0 * np.array([np.sin(np.pi / 4) * np.cos(az), np.sin(np.pi / 4) * np.sin(az), np.cos(np.pi / 4)])
+    command = 1000.0 * np.array(
+        [np.sin(np.pi / 4) * np.cos(az), np.sin(np.pi / 4) * np.sin(az), np.cos(np.pi / 4)]
+    )
     state = dynamics.initial_state(VEHICLE, [0, 0, 1000], [0, 0, 0])
     tilts = []
     for _ in range(n):

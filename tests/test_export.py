@@ -9,7 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from descent_opt.export import gains_csv, gains_from_dict, gains_header, gains_to_dict, load_gains, write_gain_table
+from descent_opt.export import (
+    gains_csv,
+    gains_from_dict,
+    gains_header,
+    gains_to_dict,
+    load_gains,
+    write_gain_table,
+)
 from descent_opt.guidance import NAV_GAINS, SCALAR_GAINS, SCHEDULED_COLUMNS, default_gains
 
 
@@ -41,7 +48,9 @@ def test_csv_and_header_carry_the_same_float32_values():
     header = gains_header(g, {"seed": 1})
     assert "DO NOT EDIT" in header
     for c in SCHEDULED_COLUMNS:
-        body = re.search(rf"descent_opt_{c}\[DESCENT_OPT_GAIN_ROWS\] = \{{(.*?)\}};", header).group(1)
+        body = re.search(rf"descent_opt_{c}\[DESCENT_OPT_GAIN_ROWS\] = \{{(.*?)\}};", header).group(
+            1
+        )
         values = np.array([float(v.strip().rstrip("f")) for v in body.split(",")], dtype=np.float32)
         np.testing.assert_array_equal(values, np.asarray(d["schedule"][c], np.float32))
     for k in SCALAR_GAINS + NAV_GAINS:
@@ -56,7 +65,10 @@ def test_csv_and_header_carry_the_same_float32_values():
         (lambda d: d.update(format="other"), "format"),
         (lambda d: d["schedule"]["zem_gain"].pop(), "zem_gain"),
         (lambda d: d["navigation"].update(gate_sigma=float("nan")), "finite"),
-        (lambda d: d.update(altitude_breakpoints_m=d["altitude_breakpoints_m"][::-1]), "increasing"),
+        (
+            lambda d: d.update(altitude_breakpoints_m=d["altitude_breakpoints_m"][::-1]),
+            "increasing",
+        ),
     ],
 )
 def test_malformed_tables_are_refused(mutate, message):

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from shared_models import SHORT_DESCENT, VEHICLE
 
-from descent_opt.dynamics import Vehicle
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import default_gains
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
@@ -23,7 +23,6 @@ from descent_opt.optimize.gains import population_risk, to_params
 from descent_opt.scenarios import ScenarioSpec, TerrainSpec, replace_member, sample_scenarios
 from descent_opt.simulate import SimSpec, simulate
 
-VEHICLE = Vehicle(480.0, 340.0, 2000.0, 400.0, 320.0, 15.0)
 CRITERIA = SuccessCriteria()
 OBJECTIVE = ObjectiveSpec()
 
@@ -45,14 +44,15 @@ def test_gradient_matches_central_differences_float64():
     with jax.enable_x64(True):
         spec = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=40.0, gate_softness=1.0)
         gains = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), default_gains())
-        scenario_spec = ScenarioSpec(
-            r0_m=(0.0, 0.0, 300.0),
-            v0_mps=(0.0, 0.0, -20.0),
-            position_sigma_m=(20.0, 20.0, 20.0),
-            velocity_sigma_mps=(0.5, 0.5, 1.0),
-            nav_altitude_sigma_m=20.0,
+        scenario_spec = SHORT_DESCENT
+        pop = sample_scenarios(
+            scenario_spec,
+            TerrainSpec(kind="flat"),
+            FaultCatalog.nominal(),
+            480.0,
+            8,
+            key=jax.random.key(0),
         )
-        pop = sample_scenarios(scenario_spec, TerrainSpec(kind="flat"), FaultCatalog.nominal(), 480.0, 8, key=jax.random.key(0))
         assert pop.position0_m.dtype == jnp.float64
         breakpoints = gains.altitude_breakpoints_m
         params = to_params(gains)
@@ -94,15 +94,22 @@ def test_gradient_finite_on_full_population_with_faults():
     gradient non-zero."""
     spec = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=180.0, gate_softness=1.0)
     gains = default_gains()
-    pop = sample_scenarios(ScenarioSpec(), TerrainSpec(), FaultCatalog(), 480.0, 32, key=jax.random.key(1))
+    pop = sample_scenarios(
+        ScenarioSpec(), TerrainSpec(), FaultCatalog(), 480.0, 32, key=jax.random.key(1)
+    )
     pop = replace_member(pop, 0, **{"faults.absent": True})
     pop = replace_member(pop, 1, position0_m=jnp.array([0.0, 0.0, -5.0]))
     pop = replace_member(pop, 2, mass0_kg=VEHICLE.mass_dry_kg + 1.0)
-    pop = replace_member(pop, 3, **{"faults.rim_step_height_m": 800.0, "faults.rim_radius_m": 300.0})
+    pop = replace_member(
+        pop, 3, **{"faults.rim_step_height_m": 800.0, "faults.rim_radius_m": 300.0}
+    )
     pop = replace_member(
         pop,
         4,
-        **{"faults.acquisition_range_m": 700.0, "nav_position_error_m": jnp.array([0.0, 0.0, 600.0])},
+        **{
+            "faults.acquisition_range_m": 700.0,
+            "nav_position_error_m": jnp.array([0.0, 0.0, 600.0]),
+        },
     )
     value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(population_risk, has_aux=True))
     (value, parts), grads = value_and_grad(

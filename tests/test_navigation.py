@@ -61,7 +61,14 @@ def _run(nav, imu, altitude, valid, policy="reacquire", softness=0.0):
         accel, alt, ok = x
         nav = nav_lib.predict(nav, accel, GRAVITY, PARAMS, DT)
         nav, accepted = nav_lib.update(nav, alt, ok, PARAMS, DT, policy, softness)
-        return nav, (nav.position_m[2], nav.velocity_mps[2], nav.accel_bias_mps2, nav.altitude_sigma_m, accepted, nav.lrf_disabled)
+        return nav, (
+            nav.position_m[2],
+            nav.velocity_mps[2],
+            nav.accel_bias_mps2,
+            nav.altitude_sigma_m,
+            accepted,
+            nav.lrf_disabled,
+        )
 
     return jax.lax.scan(body, nav, (imu, altitude, valid))
 
@@ -77,12 +84,16 @@ def _f32(x):
 
 def _initial():
     """Start 300 m too high (1 sigma of a 300 m prior), velocity known, bias prior 0.01."""
-    return nav_lib.initial_nav(_f32([0.0, 0.0, Z[0] + 300.0]), _f32([0.0, 0.0, V[0]]), 300.0, 0.1, 0.01)
+    return nav_lib.initial_nav(
+        _f32([0.0, 0.0, Z[0] + 300.0]), _f32([0.0, 0.0, V[0]]), 300.0, 0.1, 0.01
+    )
 
 
 @pytest.fixture(scope="module")
 def converged():
-    nav, hist = _run(_initial(), _f32(IMU[:N_CONVERGE]), _f32(Z[1 : N_CONVERGE + 1]), jnp.ones(N_CONVERGE, bool))
+    nav, hist = _run(
+        _initial(), _f32(IMU[:N_CONVERGE]), _f32(Z[1 : N_CONVERGE + 1]), jnp.ones(N_CONVERGE, bool)
+    )
     return jax.block_until_ready(nav), hist
 
 
@@ -186,7 +197,9 @@ def test_reacquire_reset_zeroes_altitude_correlations(converged):
     nav, _ = converged
     nav = _replace(nav, rejecting_s=jnp.asarray(2.95, jnp.float32))
     pred = _predicted(nav, N_CONVERGE)
-    after, accepted = nav_lib.update(pred, _f32(Z[N_CONVERGE + 1] + 300.0), jnp.asarray(True), PARAMS, DT)
+    after, accepted = nav_lib.update(
+        pred, _f32(Z[N_CONVERGE + 1] + 300.0), jnp.asarray(True), PARAMS, DT
+    )
     assert bool(accepted)
     cov = np.asarray(after.cov)
     assert cov[0, 0] == pytest.approx(4.0)
@@ -213,7 +226,9 @@ def test_latch_policy_disables_lrf_for_good(converged):
     altitude = Z[k0 + 1 : N_TOTAL + 1].copy()
     altitude[:60] += 300.0
     valid = np.arange(n) <= j
-    _, (alt_dead, *_) = _run(nav, _f32(IMU[k0:]), _f32(altitude), jnp.asarray(valid), policy="latch")
+    _, (alt_dead, *_) = _run(
+        nav, _f32(IMU[k0:]), _f32(altitude), jnp.asarray(valid), policy="latch"
+    )
     np.testing.assert_array_equal(np.asarray(alt), np.asarray(alt_dead))
 
 
@@ -228,7 +243,9 @@ def test_soft_gate_weight_near_threshold(excess):
     s = 100.0 + 4.0
     d2 = 16.0 + excess
     innovation = np.sqrt(d2 * s)
-    new, accepted = nav_lib.update(nav, _f32(50.0 + innovation), jnp.asarray(True), PARAMS, DT, "reacquire", softness)
+    new, accepted = nav_lib.update(
+        nav, _f32(50.0 + innovation), jnp.asarray(True), PARAMS, DT, "reacquire", softness
+    )
     weight = (float(new.position_m[2]) - 50.0) / (100.0 / s * innovation)
     expected = 1.0 / (1.0 + np.exp(-(16.0 - d2) / softness))
     assert 0.0 < weight < 1.0
@@ -239,7 +256,9 @@ def test_soft_gate_weight_near_threshold(excess):
         return  # exactly on the threshold the hard decision depends on rounding
     assert bool(accepted) == (excess < 0.0)
 
-    hard, hard_accepted = nav_lib.update(nav, _f32(50.0 + innovation), jnp.asarray(True), PARAMS, DT)
+    hard, hard_accepted = nav_lib.update(
+        nav, _f32(50.0 + innovation), jnp.asarray(True), PARAMS, DT
+    )
     hard_weight = (float(hard.position_m[2]) - 50.0) / (100.0 / s * innovation)
     assert hard_weight == pytest.approx(1.0 if excess < 0.0 else 0.0, abs=1e-5)
     assert bool(hard_accepted) == (excess < 0.0)

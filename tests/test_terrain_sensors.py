@@ -24,7 +24,9 @@ def _ray(points_r, azimuth_deg=35.0, center=(0.0, 0.0)):
     """Points at distances ``points_r`` from ``center`` along one azimuth."""
     az = np.deg2rad(azimuth_deg)
     r = np.asarray(points_r, dtype=np.float64)[:, None]
-    return jnp.asarray(np.asarray(center) + r * np.array([np.cos(az), np.sin(az)]), dtype=jnp.float32)
+    return jnp.asarray(
+        np.asarray(center) + r * np.array([np.cos(az), np.sin(az)]), dtype=jnp.float32
+    )
 
 
 # --------------------------------------------------------------------------- terrain
@@ -41,7 +43,12 @@ def test_slope_rises_along_azimuth(az):
     passes through the target (float32: 1e-6 relative)."""
     t = terrain_lib.slope(5.0, az)
     along = heights(t, _ray([0.0, 1.0, 100.0, -250.0], az))
-    np.testing.assert_allclose(np.asarray(along), np.tan(np.deg2rad(5.0)) * np.array([0.0, 1.0, 100.0, -250.0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(along),
+        np.tan(np.deg2rad(5.0)) * np.array([0.0, 1.0, 100.0, -250.0]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     across = heights(t, _ray([1.0, 100.0, -250.0], az + 90.0))
     np.testing.assert_allclose(np.asarray(across), 0.0, atol=2e-5)
 
@@ -57,7 +64,18 @@ def test_crater_profile_key_points_and_continuity():
     rounding of ~1e-5 m)."""
     t = terrain_lib.crater(CENTER, RADIUS, DEPTH, RIM)
     d = 1e-3
-    r = np.array([0.0, 0.5 * FLOOR * RADIUS, FLOOR * RADIUS - d, FLOOR * RADIUS + d, RADIUS - d, RADIUS, RADIUS + d, 4 * RADIUS])
+    r = np.array(
+        [
+            0.0,
+            0.5 * FLOOR * RADIUS,
+            FLOOR * RADIUS - d,
+            FLOOR * RADIUS + d,
+            RADIUS - d,
+            RADIUS,
+            RADIUS + d,
+            4 * RADIUS,
+        ]
+    )
     h = np.asarray(heights(t, _ray(r, 35.0, CENTER)), dtype=np.float64)
     np.testing.assert_allclose(h[:3], -DEPTH, atol=1e-5)
     assert abs(h[3] - h[2]) < 1e-3
@@ -84,7 +102,9 @@ def test_crater_profile_slope_continuous_at_rim():
         assert abs(float(radial(jnp.float32(r)))) < 1e-3
     # Mid-wall the slope is the smoothstep's: 1.5 (D + rim) / ((1 - f) R).
     mid = (FLOOR + 0.5 * (1 - FLOOR)) * RADIUS
-    np.testing.assert_allclose(float(radial(jnp.float32(mid))), 1.5 * (DEPTH + RIM) / ((1 - FLOOR) * RADIUS), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(radial(jnp.float32(mid))), 1.5 * (DEPTH + RIM) / ((1 - FLOOR) * RADIUS), rtol=1e-4
+    )
 
 
 def test_rim_step_keeps_target_at_zero_and_far_field_at_step():
@@ -92,7 +112,9 @@ def test_rim_step_keeps_target_at_zero_and_far_field_at_step():
     at height 0, the far field (5 R) at +300 m, the rim crest at 300 + 0.1 * 300 m."""
     step, rim_r = 300.0, 400.0
     t = terrain_lib.with_rim_step(terrain_lib.flat(2), step, rim_r)
-    h = np.asarray(heights(t, _ray([0.0, 100.0, 0.59 * rim_r, rim_r, 5 * rim_r], 200.0)), dtype=np.float64)
+    h = np.asarray(
+        heights(t, _ray([0.0, 100.0, 0.59 * rim_r, rim_r, 5 * rim_r], 200.0)), dtype=np.float64
+    )
     np.testing.assert_allclose(h[:3], 0.0, atol=1e-4)
     np.testing.assert_allclose(h[3], step + 0.1 * step, atol=1e-3)
     np.testing.assert_allclose(h[4], step, atol=1e-3)
@@ -103,7 +125,9 @@ def test_zero_rim_step_leaves_terrain_unchanged():
     base = terrain_lib.crater(CENTER, RADIUS, DEPTH, RIM)
     stepped = terrain_lib.with_rim_step(base, 0.0, 400.0)
     pts = jax.random.uniform(jax.random.key(1), (200, 2), minval=-1500, maxval=1500)
-    np.testing.assert_allclose(np.asarray(heights(stepped, pts)), np.asarray(heights(base, pts)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(heights(stepped, pts)), np.asarray(heights(base, pts)), atol=1e-6
+    )
 
 
 def _fields(n_keys=500, spec=TerrainSpec()):
@@ -129,7 +153,7 @@ def test_crater_field_keeps_bowls_out_of_keep_out_disc():
     h = np.asarray(jax.vmap(lambda t: heights(t, disc))(fields), dtype=np.float64)
     assert np.all(h >= -1e-6)
     rim = np.asarray(fields.crater_rim_m[:, 1:], dtype=np.float64)
-    origin_bound = np.sum(rim * np.exp(-(((dist - radius) / radius) / 0.3) ** 2), axis=1)
+    origin_bound = np.sum(rim * np.exp(-((((dist - radius) / radius) / 0.3) ** 2)), axis=1)
     assert np.all(h[:, 0] <= origin_bound + 1e-4)
 
 
@@ -156,7 +180,10 @@ def test_beam_range_flat_is_height_over_cos_tilt(tilt_deg, az_deg):
     np.testing.assert_allclose(float(r), 250.0 / np.cos(np.deg2rad(tilt_deg)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("slope_deg,slope_az,tilt_deg,tilt_az", [(8.0, 20.0, 10.0, 50.0), (20.0, 0.0, 15.0, 180.0), (20.0, 90.0, 15.0, 90.0)])
+@pytest.mark.parametrize(
+    "slope_deg,slope_az,tilt_deg,tilt_az",
+    [(8.0, 20.0, 10.0, 50.0), (20.0, 0.0, 15.0, 180.0), (20.0, 90.0, 15.0, 90.0)],
+)
 def test_beam_range_slope_matches_ray_plane_intersection(slope_deg, slope_az, tilt_deg, tilt_az):
     """On a plane z = s . xy the range is t = (p_z - s . p_xy) / (s . d_xy - d_z). The fixed
     point iteration contracts by q = |s . d_xy| / |d_z| per pass (5 height evaluations), so
@@ -164,7 +191,9 @@ def test_beam_range_slope_matches_ray_plane_intersection(slope_deg, slope_az, ti
     t = terrain_lib.slope(slope_deg, slope_az)
     p = np.array([40.0, -30.0, 300.0])
     d = np.asarray(_beam(tilt_deg, tilt_az), dtype=np.float64)
-    s = np.tan(np.deg2rad(slope_deg)) * np.array([np.cos(np.deg2rad(slope_az)), np.sin(np.deg2rad(slope_az))])
+    s = np.tan(np.deg2rad(slope_deg)) * np.array(
+        [np.cos(np.deg2rad(slope_az)), np.sin(np.deg2rad(slope_az))]
+    )
     exact = (p[2] - s @ p[:2]) / (s @ d[:2] - d[2])
     q = abs(s @ d[:2]) / abs(d[2])
     got = float(sensors.beam_range_m(t, jnp.asarray(p, jnp.float32), jnp.asarray(d, jnp.float32)))
@@ -179,7 +208,18 @@ def test_beam_range_slope_matches_ray_plane_intersection(slope_deg, slope_az, ti
 QUIET = sensors.LrfSpec(noise_m=0.0, rate_hz=10.0, max_range_m=3000.0)
 
 
-def _lrf(true_range, spec=QUIET, *, acquisition=1e9, bias=0.0, scale=1.0, tail=0.0, dropout=0.0, absent=False, key=0):
+def _lrf(
+    true_range,
+    spec=QUIET,
+    *,
+    acquisition=1e9,
+    bias=0.0,
+    scale=1.0,
+    tail=0.0,
+    dropout=0.0,
+    absent=False,
+    key=0,
+):
     k = jax.random.key(key) if isinstance(key, int) else key
     return sensors.lrf_measure(
         jnp.float32(true_range),
@@ -196,7 +236,14 @@ def _lrf(true_range, spec=QUIET, *, acquisition=1e9, bias=0.0, scale=1.0, tail=0
 
 @pytest.mark.parametrize(
     "true_range,acquisition,valid",
-    [(2500.0, 2000.0, False), (1999.0, 2000.0, True), (2999.0, 1e9, True), (3000.5, 1e9, False), (2999.0, 3500.0, True), (3100.0, 3500.0, False)],
+    [
+        (2500.0, 2000.0, False),
+        (1999.0, 2000.0, True),
+        (2999.0, 1e9, True),
+        (3000.5, 1e9, False),
+        (2999.0, 3500.0, True),
+        (3100.0, 3500.0, False),
+    ],
 )
 def test_lrf_valid_only_inside_min_of_max_and_acquisition_range(true_range, acquisition, valid):
     _, ok = _lrf(true_range, acquisition=acquisition)
@@ -293,7 +340,9 @@ def test_fault_rates_and_ranges(faults):
 
     assert abs(faults.bias_m.std() - c.bias_sigma_m) < 5 * c.bias_sigma_m / np.sqrt(2 * N_MC)
     assert abs(faults.bias_m.mean()) < 5 * c.bias_sigma_m / np.sqrt(N_MC)
-    assert abs(faults.scale_factor.std() - c.scale_factor_sigma) < 5 * c.scale_factor_sigma / np.sqrt(2 * N_MC)
+    assert abs(
+        faults.scale_factor.std() - c.scale_factor_sigma
+    ) < 5 * c.scale_factor_sigma / np.sqrt(2 * N_MC)
     assert abs(faults.scale_factor.mean() - 1.0) < 5 * c.scale_factor_sigma / np.sqrt(N_MC)
 
 

@@ -8,29 +8,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_models import SHORT_DESCENT, VEHICLE
 
 from descent_opt import dynamics, guidance
-from descent_opt.dynamics import LanderState, Vehicle
+from descent_opt.dynamics import LanderState
 from descent_opt.faults import FaultCatalog
-from descent_opt.scenarios import ScenarioSpec, TerrainSpec, replace_member, sample_scenarios
+from descent_opt.scenarios import TerrainSpec, replace_member, sample_scenarios
 from descent_opt.simulate import SimSpec, simulate_traces
 
-VEHICLE = Vehicle(480.0, 340.0, 2000.0, 400.0, 320.0, 15.0)
 SPEC = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=60.0)
-SCENARIO_SPEC = ScenarioSpec(
-    r0_m=(0.0, 0.0, 300.0),
-    v0_mps=(0.0, 0.0, -20.0),
-    position_sigma_m=(20.0, 20.0, 20.0),
-    velocity_sigma_mps=(0.5, 0.5, 1.0),
-    nav_altitude_sigma_m=20.0,
-)
+SCENARIO_SPEC = SHORT_DESCENT
 N = 8
 BELOW, AT_SURFACE, TOO_HIGH = 5, 6, 7  # members replaced with edge cases
 NORMAL = slice(0, 5)
 
 
 def _population(terrain: TerrainSpec, seed: int = 0):
-    pop = sample_scenarios(SCENARIO_SPEC, terrain, FaultCatalog.nominal(), 480.0, N, key=jax.random.key(seed))
+    pop = sample_scenarios(
+        SCENARIO_SPEC, terrain, FaultCatalog.nominal(), 480.0, N, key=jax.random.key(seed)
+    )
     pop = replace_member(pop, BELOW, position0_m=jnp.array([3.0, -4.0, -2.0]))
     pop = replace_member(pop, AT_SURFACE, position0_m=jnp.array([1.0, 1.0, 0.0]))
     # From 8 km the lander cannot be down within 60 s (it starts at 20 m/s, g = 1.62 m/s^2).
@@ -68,19 +64,28 @@ def test_interpolate_touchdown_linear_descent_is_exact(h0, h1):
     every leaf is interpolated with it, and the interpolated height is 0 (float32 rounding of
     |h| <= 10 m: 1e-5 m)."""
     before, after = _linear_states(h0, h1)
-    state, fraction = dynamics.interpolate_touchdown(before, after, jnp.asarray(h0), jnp.asarray(h1))
+    state, fraction = dynamics.interpolate_touchdown(
+        before, after, jnp.asarray(h0), jnp.asarray(h1)
+    )
     f = h0 / (h0 - h1)
     np.testing.assert_allclose(float(fraction), f, rtol=1e-6)
     assert abs(float(state.position_m[2])) < 1e-5
     for got, a, b in zip(jax.tree.leaves(state), jax.tree.leaves(before), jax.tree.leaves(after)):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(a) + f * (np.asarray(b) - np.asarray(a)), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(got),
+            np.asarray(a) + f * (np.asarray(b) - np.asarray(a)),
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 def test_interpolate_touchdown_fraction_is_clipped():
     """Already below at the start of the step: fraction 0 (the 'before' state); no crossing
     (both heights equal and positive): fraction clipped to 1, never outside [0, 1]."""
     before, after = _linear_states(-1.0, -3.0)
-    state, fraction = dynamics.interpolate_touchdown(before, after, jnp.asarray(-1.0), jnp.asarray(-3.0))
+    state, fraction = dynamics.interpolate_touchdown(
+        before, after, jnp.asarray(-1.0), jnp.asarray(-3.0)
+    )
     assert float(fraction) == 0.0
     np.testing.assert_array_equal(np.asarray(state.position_m), np.asarray(before.position_m))
     _, fraction = dynamics.interpolate_touchdown(before, after, jnp.asarray(2.0), jnp.asarray(2.0))
@@ -125,7 +130,9 @@ def test_touchdown_time_and_state_consistent_with_trace(flat_run):
             # float32: t_td ~ 32 s carries f to ~2e-5, z0 ~ 0.2 m: residual ~1e-5 m at most.
             np.testing.assert_allclose(f * (z0 - z1), z0, atol=1e-4)
         # Frozen afterwards: the trace holds the touchdown state.
-        np.testing.assert_allclose(np.asarray(trace.altitude_m[i, k:]), float(out.touchdown_position_m[i, 2]))
+        np.testing.assert_allclose(
+            np.asarray(trace.altitude_m[i, k:]), float(out.touchdown_position_m[i, 2])
+        )
 
 
 def test_start_below_or_at_surface_counts_as_landed_at_t0(flat_run):
@@ -136,8 +143,12 @@ def test_start_below_or_at_surface_counts_as_landed_at_t0(flat_run):
     for i in (BELOW, AT_SURFACE):
         assert bool(out.landed[i])
         assert float(out.touchdown_time_s[i]) == 0.0
-        np.testing.assert_array_equal(np.asarray(out.touchdown_position_m[i]), np.asarray(pop.position0_m[i]))
-        np.testing.assert_array_equal(np.asarray(out.touchdown_velocity_mps[i]), np.asarray(pop.velocity0_mps[i]))
+        np.testing.assert_array_equal(
+            np.asarray(out.touchdown_position_m[i]), np.asarray(pop.position0_m[i])
+        )
+        np.testing.assert_array_equal(
+            np.asarray(out.touchdown_velocity_mps[i]), np.asarray(pop.velocity0_mps[i])
+        )
         assert float(out.fuel_kg[i]) == 0.0
         assert float(out.final_height_m[i]) == 0.0
         assert float(out.lrf_first_accept_height_m[i]) == -1.0
@@ -152,8 +163,12 @@ def test_not_landed_at_horizon(flat_run):
     assert not bool(out.landed[i])
     assert float(out.touchdown_time_s[i]) == SPEC.duration_s
     assert float(out.final_height_m[i]) > 1000.0
-    np.testing.assert_allclose(float(out.final_height_m[i]), float(out.touchdown_position_m[i, 2]), rtol=1e-6)
-    np.testing.assert_allclose(float(trace.altitude_m[i, -1]), float(out.touchdown_position_m[i, 2]), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(out.final_height_m[i]), float(out.touchdown_position_m[i, 2]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        float(trace.altitude_m[i, -1]), float(out.touchdown_position_m[i, 2]), rtol=1e-6
+    )
 
 
 def test_touchdown_on_slope_is_on_the_plane():

@@ -43,13 +43,17 @@ def _signed(path) -> bool:
 
 def to_params(gains: Gains):
     """Unconstrained parameters of ``gains`` (breakpoints replaced by ``None``)."""
-    gains = eqx.tree_at(lambda g: g.altitude_breakpoints_m, gains, replace=None, is_leaf=lambda x: x is None)
+    gains = eqx.tree_at(
+        lambda g: g.altitude_breakpoints_m, gains, replace=None, is_leaf=lambda x: x is None
+    )
     return jax.tree_util.tree_map_with_path(lambda p, x: x if _signed(p) else jnp.log(x), gains)
 
 
 def from_params(params, breakpoints_m) -> Gains:
     gains = jax.tree_util.tree_map_with_path(lambda p, x: x if _signed(p) else jnp.exp(x), params)
-    return eqx.tree_at(lambda g: g.altitude_breakpoints_m, gains, breakpoints_m, is_leaf=lambda x: x is None)
+    return eqx.tree_at(
+        lambda g: g.altitude_breakpoints_m, gains, breakpoints_m, is_leaf=lambda x: x is None
+    )
 
 
 def _optimizer(train: TrainSpec) -> optax.GradientTransformation:
@@ -71,7 +75,9 @@ def population_risk(params, breakpoints_m, spec: SimSpec, scenarios: Scenario, c
 
 
 @eqx.filter_jit
-def _train_step(train, spec, criteria, objective, sampler, breakpoints_m, params, opt_state, mean, key):
+def _train_step(
+    train, spec, criteria, objective, sampler, breakpoints_m, params, opt_state, mean, key
+):
     # Module-level and keyed only on static settings: tuning runs that differ in their
     # fault catalog (array leaves of the sampler) share one compilation.
     scenarios = sampler(key, train.batch_size)
@@ -83,7 +89,11 @@ def _train_step(train, spec, criteria, objective, sampler, breakpoints_m, params
     params = eqx.apply_updates(params, updates)
     decay = train.average_decay
     mean = jax.tree.map(lambda m, p: decay * m + (1.0 - decay) * p, mean, params)
-    parts = dict(parts, objective=value, grad_norm=jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))
+    parts = dict(
+        parts,
+        objective=value,
+        grad_norm=jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))),
+    )
     return params, opt_state, mean, parts
 
 
@@ -108,7 +118,16 @@ def tune_gains(
     history: dict[str, list[float]] = {}
     for i, step_key in enumerate(jax.random.split(key, train.steps)):
         params, opt_state, mean, parts = _train_step(
-            train, spec, criteria, objective, sampler, breakpoints, params, opt_state, mean, step_key
+            train,
+            spec,
+            criteria,
+            objective,
+            sampler,
+            breakpoints,
+            params,
+            opt_state,
+            mean,
+            step_key,
         )
         parts = {k: float(v) for k, v in parts.items()}
         for k, v in parts.items():

@@ -15,7 +15,6 @@ import equinox as eqx
 import jax
 
 import descent_opt
-from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import default_gains
 from descent_opt.objectives import risk
 from descent_opt.optimize.gains import from_params, to_params
@@ -54,7 +53,12 @@ def main() -> None:
     @eqx.filter_jit
     def value_and_grad(params):
         return jax.value_and_grad(
-            lambda p: risk(simulate(spec, from_params(p, bp), small), config.success, config.objective, propellant)[0]
+            lambda p: risk(
+                simulate(spec, from_params(p, bp), small),
+                config.success,
+                config.objective,
+                propellant,
+            )[0]
         )(params)
 
     params = to_params(gains)
@@ -67,12 +71,18 @@ def main() -> None:
     grad_best = min(grad_times)
 
     steps = spec.n_steps
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {platform.processor() or platform.machine()}, jax {jax.__version__}")
+    backend = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
+    cpu = platform.processor() or platform.machine()
+    print(f"device: {backend}, {cpu}, jax {jax.__version__}")
     print(f"steps per scenario: {steps} (dt {spec.dt_s} s, {spec.duration_s} s)")
-    print(f"forward: population {args.population}: {best:.3f} s, "
-          f"{args.population * steps / best / 1e6:.3f} M scenario-steps/s (compile {compile_s:.1f} s)")
-    print(f"value+grad: population {args.grad_population}: {grad_best:.3f} s, "
-          f"{args.grad_population * steps / grad_best / 1e6:.3f} M scenario-steps/s")
+    print(
+        f"forward: population {args.population}: {best:.3f} s, "
+        f"{args.population * steps / best / 1e6:.3f} M scenario-steps/s (compile {compile_s:.1f} s)"
+    )
+    print(
+        f"value+grad: population {args.grad_population}: {grad_best:.3f} s, "
+        f"{args.grad_population * steps / grad_best / 1e6:.3f} M scenario-steps/s"
+    )
 
 
 if __name__ == "__main__":
