@@ -127,6 +127,9 @@ def run(cfg) -> None:
         fail(str(err).splitlines()[0])
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if config.experiment == "thrust_schedule":
+        _run_thrust_schedule(config, out_dir)
+        return
     from descent_opt import report
     from descent_opt.robust_gains import run_robust_gains, write_outputs
 
@@ -138,6 +141,24 @@ def run(cfg) -> None:
     write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - _START)
     print(report.summary_table(result.metrics))
     print(f"\nOutputs in {out_dir}")
+
+
+def _run_thrust_schedule(config, out_dir: Path) -> None:
+    from descent_opt.thrust_schedule import InfeasibleProblem, run_thrust_schedule, write_outputs
+
+    try:
+        result = run_thrust_schedule(config)
+    except InfeasibleProblem as err:
+        fail(str(err))
+    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - _START)
+    m = result.metrics
+    b = m["batch"]
+    print(
+        f"Nominal: {m['fuel_kg']:.2f} kg in {m['time_of_flight_s']:.1f} s, terminal error "
+        f"{m['terminal_position_error_m']:.3f} m / {m['terminal_velocity_error_mps']:.4f} m/s\n"
+        f"Batch: {b['n_converged']}/{b['n_problems']} converged, fuel {b['fuel_kg_min']:.2f}-"
+        f"{b['fuel_kg_max']:.2f} kg (mean {b['fuel_kg_mean']:.2f})\n\nOutputs in {out_dir}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,11 +18,12 @@ from descent_opt.guidance import GuidanceSpec
 from descent_opt.navigation import REJECT_POLICIES
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
 from descent_opt.optimize.gains import TrainSpec
+from descent_opt.optimize.thrust_schedule import ScheduleSpec
 from descent_opt.scenarios import TERRAIN_KINDS, ScenarioSpec, TerrainSpec
 from descent_opt.sensors import ImuSpec, LrfSpec
 from descent_opt.simulate import SimSpec
 
-EXPERIMENTS = ("robust_gains",)
+EXPERIMENTS = ("robust_gains", "thrust_schedule")
 PRECISIONS = ("float32", "float64")
 
 
@@ -67,6 +68,8 @@ class RunConfig:
     altitude_breakpoints_m: tuple[float, ...]
     progress: bool
     precision: str = "float32"
+    schedule: ScheduleSpec | None = None
+    schedule_batch_size: int = 64
 
 
 class _Group:
@@ -196,6 +199,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         "optimizer",
         "evaluation",
         "replay",
+        "thrust_schedule",
         "hydra",
     ):
         top.used.add(group)
@@ -355,6 +359,19 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     )
     rp.done()
 
+    ts = _Group(cfg, "thrust_schedule")
+    schedule = ScheduleSpec(
+        vehicle=vehicle,
+        gravity_mps2=gravity,
+        glide_slope_deg=ts.number("glide_slope_deg", 0.0, lo=0.0, hi=89.0),
+        n_nodes=ts.number("n_nodes", 50, lo=2, hi=1000, integer=True),
+        adam_steps=ts.number("adam_steps", 400, lo=0, integer=True),
+        outer_iterations=ts.number("outer_iterations", 10, lo=1, integer=True),
+        lbfgs_steps=ts.number("lbfgs_steps", 100, lo=1, integer=True),
+    )
+    schedule_batch_size = ts.number("batch_size", 64, lo=1, integer=True)
+    ts.done()
+
     sim_spec = SimSpec(
         vehicle=vehicle,
         gravity_mps2=gravity,
@@ -385,4 +402,6 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         altitude_breakpoints_m=breakpoints,
         progress=progress,
         precision=precision,
+        schedule=schedule,
+        schedule_batch_size=schedule_batch_size,
     )

@@ -38,6 +38,7 @@ class ScheduleSpec(eqx.Module):
     outer_iterations: int = 8
     lbfgs_steps: int = 60
     rho_max: float = 1e3
+    fuel_weight: float = 1.0  # objective scale relative to the constraint terms
     position_tol_m: float = 0.5
     velocity_tol_mps: float = 0.05
     glide_tol_m: float = 0.5
@@ -128,10 +129,10 @@ def _lagrangian(p, problem, spec, lam, mu, rho):
     states = _rollout(spec, problem, thrust, tilt, tf)
     propellant = problem.mass0_kg - spec.vehicle.mass_dry_kg
     burn = _burn_kg(spec, thrust, tf)
-    fuel = burn / propellant
+    fuel = spec.fuel_weight * burn / propellant
     eq = jnp.concatenate([states.position_m[-1] / 10.0, states.velocity_mps[-1] / 1.0])
     ineq = jnp.concatenate(
-        [_glide_violation(spec, states.position_m) / 10.0, (fuel - 1.0)[None] * 10.0]
+        [_glide_violation(spec, states.position_m) / 10.0, (burn / propellant - 1.0)[None] * 10.0]
     )
     value = (
         fuel
