@@ -14,10 +14,8 @@ import math
 
 import numpy as np
 import pytest
-
-
-import reference_convex as rc  # noqa: E402
-from scipy.optimize import brentq  # noqa: E402  (scipy comes with cvxpy)
+import reference_convex as rc
+from scipy.optimize import brentq  # scipy comes with cvxpy
 
 # ---------------------------------------------------------------------------------------------
 # 1-D Meditch landing (normalised units)

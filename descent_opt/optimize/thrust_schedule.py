@@ -144,19 +144,34 @@ def _lagrangian(p, problem, spec, lam, mu, rho):
 
 
 def _initial_params(spec: ScheduleSpec, problem: ScheduleProblem) -> _Params:
-    """Vertical thrust near hover and a final-time guess from constant braking."""
+    """Vertical bang-bang start: coast at minimum thrust until a switch time t1, then brake
+    at 80 % of maximum thrust to rest at the ground, with t1 and t_f from the 1-D
+    kinematics at the initial mass (a rough but well-placed guess: the optimum has this
+    shape when the constraints allow)."""
     v = spec.vehicle
     g = spec.gravity_mps2
-    accel = max(0.6 * v.thrust_max_n / v.mass_initial_kg - g, 0.3 * g)
-    h = jnp.maximum(problem.position0_m[2], 1e-3)
-    vz = -problem.velocity0_mps[2]
-    tf = (vz + jnp.sqrt(vz**2 + 2.0 * accel * h)) / accel
-    tf = tf + safe_norm(problem.velocity0_mps[:2]) / accel
-    hover = jnp.clip(problem.mass0_kg * g, v.thrust_min_n + 1e-3, v.thrust_max_n - 1e-3)
-    frac = (hover - v.thrust_min_n) / max(v.thrust_max_n - v.thrust_min_n, 1e-9)
-    frac = jnp.clip(frac, 0.05, 0.95)
+    m0 = problem.mass0_kg
+    a_coast = g - v.thrust_min_n / m0  # downward acceleration while coasting
+    a_brake = jnp.maximum(0.8 * v.thrust_max_n / m0 - g, 0.1 * g)
+    h0 = jnp.maximum(problem.position0_m[2], 1e-3)
+    v0 = -problem.velocity0_mps[2]  # descent rate, positive down
+    # (v0 + a_c t)^2 = 2 a_b (h0 - v0 t - a_c t^2 / 2), a quadratic in the switch time t.
+    qa = a_coast * (a_coast + a_brake)
+    qb = 2.0 * v0 * (a_coast + a_brake)
+    qc = v0**2 - 2.0 * a_brake * h0
+    disc = jnp.sqrt(jnp.maximum(qb**2 - 4.0 * qa * qc, 0.0))
+    linear = -qc / jnp.where(jnp.abs(qb) > 1e-9, qb, 1e-9)
+    t1 = jnp.where(
+        jnp.abs(qa) > 1e-9, (-qb + disc) / (2.0 * jnp.where(jnp.abs(qa) > 1e-9, qa, 1.0)), linear
+    )
+    t1 = jnp.maximum(jnp.where(qc >= 0.0, 0.0, t1), 0.0)
+    tf = t1 + jnp.maximum(v0 + a_coast * t1, 0.0) / a_brake
+    tf = jnp.maximum(tf, 1e-2) + safe_norm(problem.velocity0_mps[:2]) / a_brake
+    nodes = (jnp.arange(spec.n_nodes) + 0.5) / spec.n_nodes * tf
+    # Fractions kept off the bounds, where the sin parameterisation has no gradient.
+    frac = jnp.where(nodes < t1, 0.05, 0.85)
     return _Params(
-        magnitude=jnp.full(spec.n_nodes, jnp.arcsin(2.0 * frac - 1.0)),
+        magnitude=jnp.arcsin(2.0 * frac - 1.0),
         tilt=jnp.zeros((spec.n_nodes, 2)),
         log_tf=jnp.log(tf),
     )
@@ -170,7 +185,7 @@ def _solve_one(spec: ScheduleSpec, problem: ScheduleProblem):
     mu = jnp.zeros(n_in)
 
     # Phase 1: Adam on a quadratic penalty finds the basin from the rough start.
-    adam = optax.adam(optax.cosine_decay_schedule(0.05, spec.adam_steps, 0.05))
+    adam = optax.adam(optax.cosine_decay_schedule(0.05, max(spec.adam_steps, 1), 0.05))
 
     def adam_step(carry, _):
         p, state = carry
