@@ -130,8 +130,8 @@ def test_meditch_textbook_expansion_is_conservative(meditch):
 # with a 60 deg glide slope and a 20 deg pointing limit makes both constraints active: the
 # lander leans at the 20 deg limit for the first ~22 intervals and touches the 60 deg cone
 # about 100 m from the target (nodes 40-41 of 50).
-LUNAR = rc.LandingProblem(
-    r0=(-600.0, 200.0, 1500.0),
+_BASE = dict(
+    r0=(-300.0, 100.0, 1500.0),
     v0=(10.0, -5.0, -30.0),
     m0=480.0,
     m_dry=340.0,
@@ -139,9 +139,12 @@ LUNAR = rc.LandingProblem(
     thrust_max_n=2000.0,
     isp_s=320.0,
     max_tilt_deg=20.0,
-    glide_slope_deg=60.0,
+    glide_slope_deg=30.0,
     gravity_mps2=1.62,
-    n_nodes=50,
+    n_nodes=40,
+)
+LUNAR = rc.LandingProblem(
+    **dict(_BASE, r0=(-600.0, 200.0, 1500.0), glide_slope_deg=60.0, n_nodes=50)
 )
 
 
@@ -239,20 +242,6 @@ def test_lunar_reintegration_zoh_thrust_gap(lunar):
 # ---------------------------------------------------------------------------------------------
 # Infeasible problems and the batch helper
 # ---------------------------------------------------------------------------------------------
-
-_BASE = dict(
-    r0=(-300.0, 100.0, 1500.0),
-    v0=(10.0, -5.0, -30.0),
-    m0=480.0,
-    m_dry=340.0,
-    thrust_min_n=400.0,
-    thrust_max_n=2000.0,
-    isp_s=320.0,
-    max_tilt_deg=20.0,
-    glide_slope_deg=30.0,
-    gravity_mps2=1.62,
-    n_nodes=40,
-)
 
 
 @pytest.mark.parametrize(
