@@ -132,6 +132,42 @@ def propagate(
     return new, axis * delta_v_thrust / dt_s
 
 
+def hold_thrust(
+    position_m: Float[Array, "3"],
+    velocity_mps: Float[Array, "3"],
+    mass_kg: Float[Array, ""],
+    thrust_n: Float[Array, "3"],
+    gravity_mps2: float,
+    exhaust_velocity_mps: float,
+    duration_s: Float[Array, ""],
+) -> tuple[Float[Array, "3"], Float[Array, "3"], Float[Array, ""]]:
+    """Exact flight under a constant thrust vector (mass falls linearly): position, velocity
+    and mass after ``duration_s``. Closed form of the rocket equation and its integral, with
+    a series where the burn is too small for the logarithms to be accurate."""
+    ve = exhaust_velocity_mps
+    magnitude = safe_norm(thrust_n)
+    burn = magnitude * duration_s / (ve * mass_kg)  # fraction of the mass burnt
+    small = burn < 1e-4
+    b = jnp.where(small, 0.5, burn)
+    log_ratio = -jnp.log1p(-b)  # ln(m0 / m1)
+    # Velocity gained per unit thrust acceleration T/m0, and the position integral of it.
+    dv_factor = jnp.where(
+        small, duration_s * (1.0 + burn / 2.0 + burn**2 / 3.0), log_ratio * duration_s / b
+    )
+    dr_factor = jnp.where(
+        small,
+        duration_s**2 * (0.5 + burn / 6.0 + burn**2 / 12.0),
+        duration_s**2 * (b - (1.0 - b) * log_ratio) / b**2,
+    )
+    accel = thrust_n / mass_kg
+    gravity = jnp.array([0.0, 0.0, -gravity_mps2])
+    velocity = velocity_mps + accel * dv_factor + gravity * duration_s
+    position = (
+        position_m + velocity_mps * duration_s + accel * dr_factor + 0.5 * gravity * duration_s**2
+    )
+    return position, velocity, mass_kg - magnitude * duration_s / ve
+
+
 def step(
     vehicle: Vehicle,
     state: LanderState,

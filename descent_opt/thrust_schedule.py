@@ -95,6 +95,8 @@ def run_thrust_schedule(config: RunConfig) -> ThrustScheduleResult:
         "terminal_position_error_m": float(raw.terminal_position_error_m[0]),
         "terminal_velocity_error_mps": float(raw.terminal_velocity_error_mps[0]),
         "glide_slope_violation_m": float(raw.glide_slope_violation_m[0]),
+        "convex_fuel_kg": float(raw.convex_fuel_kg[0]),
+        "solver_iterations": int(raw.iterations[0]),
         "batch": {
             "n_problems": int(ok.size),
             "n_converged": int(ok.sum()),
@@ -104,6 +106,7 @@ def run_thrust_schedule(config: RunConfig) -> ThrustScheduleResult:
             "time_of_flight_s_mean": float(raw.time_of_flight_s[ok].mean()),
             "terminal_position_error_m_max": float(raw.terminal_position_error_m[ok].max()),
             "terminal_velocity_error_mps_max": float(raw.terminal_velocity_error_mps[ok].max()),
+            "solver_iterations_mean": float(raw.iterations.mean()),
         },
         "solve_time_s": time.perf_counter() - start,
     }

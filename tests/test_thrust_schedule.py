@@ -21,8 +21,6 @@ def test_meditch_one_dimensional_minimum_fuel():
         vehicle=vehicle,
         gravity_mps2=1.0,
         n_nodes=100,
-        outer_iterations=10,
-        lbfgs_steps=100,
         position_tol_m=1e-3,
         velocity_tol_mps=1e-3,
     )
@@ -73,8 +71,6 @@ def lunar_batch():
         gravity_mps2=1.62,
         n_nodes=40,
         glide_slope_deg=30.0,
-        outer_iterations=10,
-        lbfgs_steps=100,
     )
     n = 6
     r0 = jnp.array([-300.0, 100.0, 1500.0]) + 100.0 * jax.random.normal(jax.random.key(0), (n, 3))
@@ -205,3 +201,74 @@ def test_cli_reports_infeasible_problem_without_a_schedule(tmp_path):
     assert len(lines) == 1 and "infeasible" in lines[0] and "propellant" in lines[0], proc.stderr
     assert not (out / "thrust_schedule.csv").exists()
     assert not (out / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the independent convex reference (cvxpy + Clarabel, tests/reference_convex.py)
+# ---------------------------------------------------------------------------------------------
+
+# Steep glide slope (80 deg elevation) and a 15 deg pointing limit: from these starts the
+# reference optimum touches the glide cone at one to three nodes and flies at the pointing limit
+# on more than half of the intervals, so both constraints shape the answer.
+ACTIVE_GLIDE_DEG, ACTIVE_TILT_DEG = 80.0, 15.0
+ACTIVE_STARTS = [
+    ((-300.0, 100.0, 3000.0), (15.0, -8.0, -50.0)),
+    ((200.0, -150.0, 2500.0), (-12.0, 10.0, -45.0)),
+    ((-100.0, -250.0, 3500.0), (5.0, 15.0, -55.0)),
+    ((300.0, 200.0, 4000.0), (10.0, 8.0, -60.0)),
+]
+# Our fuel is that of the held-thrust schedule flown exactly; the reference's is that of its
+# held-acceleration model. The two discretisations differ by O(dt * mass flow / mass) per
+# interval, and the polish re-times the flight slightly: measured differences are below
+# 0.002 %, so 0.05 % is the documented allowance below the reference.
+DISCRETISATION_ALLOWANCE = 5e-4
+
+
+@pytest.fixture(scope="module")
+def convex_comparison():
+    import reference_convex as rc
+
+    vehicle = Vehicle(480.0, 340.0, 2000.0, 400.0, 320.0, ACTIVE_TILT_DEG)
+    spec = ScheduleSpec(vehicle=vehicle, n_nodes=50, glide_slope_deg=ACTIVE_GLIDE_DEG)
+    problems = ScheduleProblem(
+        jnp.array([r for r, _ in ACTIVE_STARTS]),
+        jnp.array([v for _, v in ACTIVE_STARTS]),
+        jnp.full(len(ACTIVE_STARTS), 480.0),
+    )
+    ours = jax.tree.map(np.asarray, solve_schedules(spec, problems))
+    refs = [
+        rc.solve_free_tf(
+            rc.LandingProblem(
+                r0=r0, v0=v0, m0=480.0, m_dry=340.0, thrust_min_n=400.0, thrust_max_n=2000.0,
+                isp_s=320.0, max_tilt_deg=ACTIVE_TILT_DEG, glide_slope_deg=ACTIVE_GLIDE_DEG,
+                n_nodes=50,
+            )
+        )
+        for r0, v0 in ACTIVE_STARTS
+    ]  # fmt: skip
+    return spec, ours, refs
+
+
+def test_reference_cases_have_glide_slope_and_pointing_active(convex_comparison):
+    _, _, refs = convex_comparison
+    for ref in refs:
+        assert ref is not None and ref.converged
+        assert np.min(ref.glide_margin_m()[1:-1]) < 1e-2  # on the cone somewhere
+        assert np.sum(ref.tilt_deg > ACTIVE_TILT_DEG - 1e-2) >= 10  # at the pointing limit
+
+
+def test_fuel_matches_convex_reference(convex_comparison):
+    """At most 0.5 % above the convex optimum, and never below it by more than the documented
+    discretisation allowance; every schedule converged and respects its limits."""
+    spec, ours, refs = convex_comparison
+    assert np.all(ours.converged)
+    for i, ref in enumerate(refs):
+        ratio = ours.fuel_kg[i] / ref.fuel
+        assert 1.0 - DISCRETISATION_ALLOWANCE <= ratio <= 1.005, (i, ours.fuel_kg[i], ref.fuel)
+        # The final times agree too (the fuel is V-shaped in t_f around these optima).
+        assert abs(ours.time_of_flight_s[i] / ref.t_f - 1.0) < 0.01
+    magnitude = np.linalg.norm(ours.thrust_n, axis=-1)
+    assert np.all(magnitude >= 400.0 - 1e-6) and np.all(magnitude <= 2000.0 + 1e-6)
+    tilt = np.degrees(np.arccos(np.clip(ours.thrust_n[..., 2] / magnitude, -1.0, 1.0)))
+    assert np.all(tilt <= ACTIVE_TILT_DEG + 1e-6)
+    assert np.all(ours.glide_slope_violation_m <= spec.glide_tol_m)
