@@ -386,7 +386,7 @@ class _Model:
             warnings.simplefilter("ignore")  # inaccuracy is reported through the status
             try:
                 self.prob.solve(solver=cp.CLARABEL)
-            except cp.SolverError:
+            except (cp.SolverError, ValueError):  # ValueError: non-finite expansion data
                 return "solver_error"
         if self.z.value is None and self.prob.status not in _INFEASIBLE:
             return "solver_error"

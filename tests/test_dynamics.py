@@ -275,3 +275,34 @@ def test_axis_from_tilt_jacobian_at_zero_is_identity():
     np.testing.assert_allclose(np.asarray(jac_rev), expected, atol=1e-7)
     jac_inv = jax.jacrev(dynamics.tilt_from_vector)(jnp.array([0.0, 0.0, 1.0]))
     np.testing.assert_allclose(np.asarray(jac_inv), [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-7)
+
+
+@pytest.mark.parametrize("duration_s", [1e-3, 1.5, 60.0])
+def test_hold_thrust_matches_fine_rk4(duration_s):
+    """The closed-form constant-thrust flight agrees with a fine RK4 of r'' = T/m + g,
+    m' = -|T|/ve, for tiny burns (series branch) as well as long ones."""
+    ve, g = 320.0 * G0_MPS2, 1.62
+    thrust = np.array([300.0, -200.0, 1900.0])
+
+    def deriv(x):
+        return np.concatenate(
+            [x[3:6], thrust / x[6] + [0.0, 0.0, -g], [-np.linalg.norm(thrust) / ve]]
+        )
+
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 480.0])
+    steps = 2000
+    h = duration_s / steps
+    for _ in range(steps):
+        k1 = deriv(x)
+        k2 = deriv(x + 0.5 * h * k1)
+        k3 = deriv(x + 0.5 * h * k2)
+        k4 = deriv(x + h * k3)
+        x = x + h / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    with jax.enable_x64(True):
+        r, v, m = dynamics.hold_thrust(
+            jnp.array([1.0, 2.0, 3.0]), jnp.array([4.0, 5.0, 6.0]), jnp.asarray(480.0),
+            jnp.asarray(thrust), g, ve, jnp.asarray(duration_s),
+        )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(r), x[:3], rtol=0, atol=1e-8 * max(1.0, duration_s**2))
+    np.testing.assert_allclose(np.asarray(v), x[3:6], rtol=0, atol=1e-9 * max(1.0, duration_s))
+    np.testing.assert_allclose(float(m), x[6], rtol=1e-12)

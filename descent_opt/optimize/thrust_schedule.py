@@ -61,6 +61,7 @@ class ScheduleSpec(eqx.Module):
     ipm_iterations: int = 40  # interior-point iterations per convex solve (upper limit)
     ipm_tol: float = 1e-8  # complementarity per cone and primal residual (scaled units)
     polish_steps: int = 3  # Gauss-Newton steps on the held-thrust schedule
+    chunk_size: int = 32  # problems vmapped together (chunks run in sequence)
     position_tol_m: float = 0.5
     velocity_tol_mps: float = 0.05
     glide_tol_m: float = 0.5
@@ -460,7 +461,19 @@ def _solve_one(spec: ScheduleSpec, problem: ScheduleProblem) -> Schedule:
 
 @eqx.filter_jit
 def _solve_batch(spec: ScheduleSpec, problems: ScheduleProblem) -> Schedule:
-    return jax.vmap(lambda p: _solve_one(spec, p))(problems)
+    # Chunks run one after another, each vmapped: the interior-point loops of a chunk stop
+    # when its slowest member converges, and small chunks stay in cache.
+    n = problems.mass0_kg.shape[0]
+    chunk = min(spec.chunk_size, n)
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+
+    def split(x):
+        x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
+        return x.reshape((n_chunks, chunk) + x.shape[1:])
+
+    out = jax.lax.map(jax.vmap(lambda p: _solve_one(spec, p)), jax.tree.map(split, problems))
+    return jax.tree.map(lambda x: x.reshape((n_chunks * chunk,) + x.shape[2:])[:n], out)
 
 
 def solve_schedules(spec: ScheduleSpec, problems: ScheduleProblem) -> Schedule:
