@@ -364,14 +364,13 @@ def solve(
         rp, rp_t = _residual(p, y, y_t, s, s_t)
         gap = jnp.sum(s * z) + jnp.sum(s_t * z_t)
         res = jnp.maximum(jnp.max(jnp.abs(rp)), jnp.max(jnp.abs(rp_t)))
-        return gap, res
+        return gap, res, (rp, rp_t)
 
     def done(gap, res):
         return (gap / degree < tol) & (res < tol)
 
     def body(state):
-        it, y, y_t, s, s_t, z, z_t, _ = state
-        rp, rp_t = _residual(p, y, y_t, s, s_t)
+        it, y, y_t, s, s_t, z, z_t, (rp, rp_t), _ = state
         w, w_t = nt_scaling(cs, s, z), nt_scaling(ct, s_t, z_t)
         lam, lam_t = apply_scaling(cs, w, z), apply_scaling(ct, w_t, z_t)
         # Hessian of the Newton system per stage: (W^-1 G)' (W^-1 G).
@@ -416,14 +415,15 @@ def solve(
         dy, dy_t, ds, ds_t, dz, dz_t = direction(rc, rc_t)
         a = jnp.minimum(1.0, step_fraction * step_length(ds, ds_t, dz, dz_t))
         new = (y + a * dy, y_t + a * dy_t, s + a * ds, s_t + a * ds_t, z + a * dz, z_t + a * dz_t)
-        gap, res = measures(*new)
-        return (it + 1, *new, done(gap, res))
+        gap, res, residual = measures(*new)
+        return (it + 1, *new, residual, done(gap, res))
 
     def cond(state):
         return (state[0] < iterations) & ~state[-1]
 
-    state = (jnp.asarray(0), y, y_t, s, s_t, z, z_t, jnp.asarray(False))
-    it, y, y_t, s, s_t, z, z_t, conv = jax.lax.while_loop(cond, body, state)
-    gap, res = measures(y, y_t, s, s_t, z, z_t)
+    residual = _residual(p, y, y_t, s, s_t)
+    state = (jnp.asarray(0), y, y_t, s, s_t, z, z_t, residual, jnp.asarray(False))
+    it, y, y_t, s, s_t, z, z_t, _, conv = jax.lax.while_loop(cond, body, state)
+    gap, res, _ = measures(y, y_t, s, s_t, z, z_t)
     objective = jnp.sum(p.c * y) + jnp.dot(p.c_t, y_t)
     return IpmResult(y, y_t, z, z_t, objective, gap, res, it, conv)

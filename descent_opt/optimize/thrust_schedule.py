@@ -234,6 +234,15 @@ def tf_bracket(spec: ScheduleSpec, problem: ScheduleProblem):
     return lo, jnp.maximum(hi, lo * 1.01)
 
 
+def _ideal_delta_v(spec: ScheduleSpec, problem: ScheduleProblem):
+    """Delta-v of coasting to the ground then stopping impulsively: a lower bound on any
+    landing's (thrust never points below the horizon)."""
+    return jnp.sqrt(
+        jnp.sum(problem.velocity0_mps**2)
+        + 2.0 * spec.gravity_mps2 * jnp.maximum(problem.position0_m[2], 0.0)
+    )
+
+
 def _tf_upper_from_fuel(spec: ScheduleSpec, problem: ScheduleProblem, fuel_kg):
     """No schedule burning at most ``fuel_kg`` can fly longer than this: the vertical momentum
     balance needs a delta-v of at least g t_f - v_z0, and the fuel buys ve ln(m0/(m0-fuel))."""
@@ -263,10 +272,7 @@ def _search_tf(spec: ScheduleSpec, problem: ScheduleProblem, units: _Units):
     interior-point iterations spent."""
     lo, hi = tf_bracket(spec, problem)
     n = spec.n_nodes
-    dv = jnp.sqrt(
-        jnp.sum(problem.velocity0_mps**2)
-        + 2.0 * spec.gravity_mps2 * jnp.maximum(problem.position0_m[2], 0.0)
-    )
+    dv = _ideal_delta_v(spec, problem)
     z_first = -dv / spec.vehicle.exhaust_velocity_mps * jnp.arange(n) / n
 
     def solve_at(tf, z_ref):
@@ -426,10 +432,7 @@ def _solve_one(spec: ScheduleSpec, problem: ScheduleProblem) -> Schedule:
     pos_err = safe_norm(r[-1])
     vel_err = safe_norm(v[-1])
     glide = _glide_violation(spec, r)
-    needed = jnp.sqrt(
-        jnp.sum(problem.velocity0_mps**2)
-        + 2.0 * spec.gravity_mps2 * jnp.maximum(problem.position0_m[2], 0.0)
-    )
+    needed = _ideal_delta_v(spec, problem)
     available = ve * jnp.log(problem.mass0_kg / veh.mass_dry_kg)
     converged = (
         best.result.converged
