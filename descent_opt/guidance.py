@@ -17,12 +17,11 @@ Every column is scheduled on estimated-altitude breakpoints: that schedule is th
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from descent_opt.dynamics import Vehicle, clip_norm
+from descent_opt.dynamics import Scalar, Vec3, Vehicle, clip_norm
 from descent_opt.navigation import NavParams, NavState
 
 SCHEDULED_COLUMNS = (
@@ -84,34 +83,109 @@ def default_gains(
         descent_rate_gain_per_s=jnp.where(low, 1.0, 0.4),
         zem_gain=jnp.where(low, 0.05, 6.0),
         zev_gain=jnp.where(low, -2.0, 2.0),
-        altitude_margin_sigma=jnp.asarray(1.0),
-        tgo_min_s=jnp.asarray(5.0),
+        altitude_margin_sigma=jnp.asarray(1.0, dtype=float),
+        tgo_min_s=jnp.asarray(5.0, dtype=float),
         nav=NavParams(
-            accel_noise_mps2=jnp.asarray(0.01),
-            lrf_noise_m=jnp.asarray(5.0),
-            gate_sigma=jnp.asarray(4.0),
-            reacquire_after_s=jnp.asarray(3.0),
+            accel_noise_mps2=jnp.asarray(0.01, dtype=float),
+            lrf_noise_m=jnp.asarray(5.0, dtype=float),
+            gate_sigma=jnp.asarray(4.0, dtype=float),
+            reacquire_after_s=jnp.asarray(3.0, dtype=float),
         ),
     )
 
 
-def time_to_go_s(
-    rate_mps: Float[Array, " k"], breakpoints_m: Float[Array, " k"], height_m: Float[Array, ""]
-) -> Float[Array, ""]:
-    """Time to descend from ``height_m`` to the ground following a piecewise-linear descent
-    rate envelope exactly (each segment: ``dh / logmean(v_i, v_i+1)``)."""
+def _tgo_table(rate_mps: Float[Array, " k"], breakpoints_m: Float[Array, " k"]):
+    """Time to descend from each breakpoint to the ground following a piecewise-linear
+    descent-rate envelope exactly (each segment: ``dh / logmean(v_i, v_i+1)``), and the
+    rate used above the last breakpoint."""
     v = jnp.maximum(rate_mps, 1e-3)
     a, b = v[:-1], v[1:]
     close = jnp.abs(b - a) < 1e-3 * a
     ratio = jnp.where(close, 2.0, b / a)
     logmean = jnp.where(close, 0.5 * (a + b), (b - a) / jnp.where(close, 1.0, jnp.log(ratio)))
     dh = jnp.diff(breakpoints_m)
-    cumulative = jnp.concatenate([jnp.zeros(1), jnp.cumsum(dh / logmean)])
-    beyond = jnp.maximum(height_m - breakpoints_m[-1], 0.0) / v[-1]
+    return jnp.concatenate([jnp.zeros(1, dh.dtype), jnp.cumsum(dh / logmean)]), v[-1]
+
+
+def time_to_go_s(
+    rate_mps: Float[Array, " k"], breakpoints_m: Float[Array, " k"], height_m: Float[Array, ""]
+) -> Float[Array, ""]:
+    """Time to descend from ``height_m`` to the ground following a piecewise-linear descent
+    rate envelope exactly."""
+    cumulative, top_rate = _tgo_table(rate_mps, breakpoints_m)
+    beyond = jnp.maximum(height_m - breakpoints_m[-1], 0.0) / top_rate
     return jnp.interp(height_m, breakpoints_m, cumulative) + beyond
 
 
-def in_contingency(nav: NavState, spec: GuidanceSpec) -> Bool[Array, ""]:
+class _Column(eqx.Module):
+    """A piecewise-linear schedule as its value at the first breakpoint and its slope on each
+    segment: ``f(h) = start + sum_i slope_i clip(h - b_i, 0, b_i+1 - b_i)``, constant
+    outside the breakpoints."""
+
+    start: Float[Array, ""]
+    slopes: Float[Array, " k-1"]
+
+    @classmethod
+    def of(cls, values: Float[Array, " k"], breakpoints_m: Float[Array, " k"]) -> "_Column":
+        return cls(values[0], jnp.diff(values) / jnp.diff(breakpoints_m))
+
+    def value(self, ramps: tuple) -> Float[Array, "*b"]:
+        out = self.start
+        for i, r in enumerate(ramps):
+            out = out + self.slopes[i] * r
+        return out
+
+    def slope(self, segment: tuple) -> Float[Array, "*b"]:
+        """Derivative in h: the slope of the segment holding h (as ``jnp.interp``'s, 0
+        outside the breakpoints)."""
+        out = 0.0
+        for i, inside in enumerate(segment):
+            out = out + jnp.where(inside, self.slopes[i], 0.0)
+        return out
+
+
+class Schedule(eqx.Module):
+    """Gains prepared for flight, once per flight instead of once per step: segment slopes of
+    every scheduled column and the time-to-go tables of both envelopes. Each step locates its
+    scheduling altitude among the breakpoints once (:meth:`locate`) and every column reuses
+    that; with scalar code under vmap all of it stays population-long arrays."""
+
+    gains: Gains
+    columns: dict[str, _Column]
+    tgo_nominal: _Column
+    tgo_contingency: _Column
+    top_rate_nominal_mps: Float[Array, ""]
+    top_rate_contingency_mps: Float[Array, ""]
+
+    def locate(self, height_m) -> tuple[tuple, tuple]:
+        """Clipped ramps ``clip(h - b_i, 0, b_i+1 - b_i)`` and the segment-membership flags
+        ``b_i <= h < b_i+1`` (the last segment closed) of a scheduling altitude."""
+        bp = self.gains.altitude_breakpoints_m
+        k = bp.shape[0]
+        at_or_above = [height_m >= bp[i] for i in range(k)]
+        ramps = tuple(jnp.clip(height_m - bp[i], 0.0, bp[i + 1] - bp[i]) for i in range(k - 1))
+        segment = tuple(at_or_above[i] & ~at_or_above[i + 1] for i in range(k - 2)) + (
+            at_or_above[k - 2] & (height_m <= bp[k - 1]),
+        )
+        return ramps, segment
+
+
+def prepare(gains: Gains) -> Schedule:
+    """The flight form of a gain table (differentiable in the gains)."""
+    bp = gains.altitude_breakpoints_m
+    tgo_n, top_n = _tgo_table(gains.descent_rate_mps, bp)
+    tgo_c, top_c = _tgo_table(gains.contingency_descent_rate_mps, bp)
+    return Schedule(
+        gains=gains,
+        columns={name: _Column.of(getattr(gains, name), bp) for name in SCHEDULED_COLUMNS},
+        tgo_nominal=_Column.of(tgo_n, bp),
+        tgo_contingency=_Column.of(tgo_c, bp),
+        top_rate_nominal_mps=top_n,
+        top_rate_contingency_mps=top_c,
+    )
+
+
+def in_contingency(nav: NavState, spec: GuidanceSpec) -> Bool[Array, "*b"]:
     """LRF silent (or rejected) for too long below the altitude where it should work. A
     descent that starts below that altitude with no reading yet is in contingency at once."""
     return (nav.since_accept_s > spec.lrf_stale_after_s) & (
@@ -120,42 +194,45 @@ def in_contingency(nav: NavState, spec: GuidanceSpec) -> Bool[Array, ""]:
 
 
 def thrust_command(
-    gains: Gains,
+    schedule: Schedule,
     spec: GuidanceSpec,
     vehicle: Vehicle,
     nav: NavState,
-    mass_kg: Float[Array, ""],
+    mass_kg: Scalar,
     gravity_mps2: float,
-) -> Float[Array, "3"]:
-    """Commanded thrust vector (N) from the navigation estimate."""
+) -> Vec3:
+    """Commanded thrust vector (N) from the navigation estimate (``schedule``: the gains
+    prepared by :func:`prepare`)."""
+    gains = schedule.gains
     h_est = nav.position_m[2]
     h_sched = jnp.maximum(h_est - gains.altitude_margin_sigma * nav.altitude_sigma_m, 0.0)
-    bp = gains.altitude_breakpoints_m
+    ramps, segment = schedule.locate(h_sched)
+    columns = schedule.columns
 
-    def schedule(column):
-        return jnp.interp(h_sched, bp, column)
-
-    def rate_and_slope(column):
-        return jax.jvp(lambda h: jnp.interp(h, bp, column), (h_sched,), (jnp.ones_like(h_sched),))
-
-    rate_nominal, slope_nominal = rate_and_slope(gains.descent_rate_mps)
-    rate_contingency, slope_contingency = rate_and_slope(gains.contingency_descent_rate_mps)
     contingency = in_contingency(nav, spec)
-    rate = jnp.where(contingency, rate_contingency, rate_nominal)
-    slope = jnp.where(contingency, slope_contingency, slope_nominal)
+    nominal = columns["descent_rate_mps"]
+    fallback = columns["contingency_descent_rate_mps"]
+    rate = jnp.where(contingency, fallback.value(ramps), nominal.value(ramps))
+    slope = jnp.where(contingency, fallback.slope(segment), nominal.slope(segment))
     vz = nav.velocity_mps[2]
     # Feedforward rate * d(rate)/dh is the deceleration that follows the envelope exactly.
-    accel_z = gravity_mps2 + rate * slope + schedule(gains.descent_rate_gain_per_s) * (-rate - vz)
+    loop_gain = columns["descent_rate_gain_per_s"].value(ramps)
+    accel_z = gravity_mps2 + rate * slope + loop_gain * (-rate - vz)
 
-    tgo_nominal = time_to_go_s(gains.descent_rate_mps, bp, h_sched)
-    tgo_contingency = time_to_go_s(gains.contingency_descent_rate_mps, bp, h_sched)
+    above = jnp.maximum(h_sched - gains.altitude_breakpoints_m[-1], 0.0)
+    tgo_nominal = schedule.tgo_nominal.value(ramps) + above / schedule.top_rate_nominal_mps
+    tgo_contingency = (
+        schedule.tgo_contingency.value(ramps) + above / schedule.top_rate_contingency_mps
+    )
     tgo = jnp.clip(
         jnp.where(contingency, tgo_contingency, tgo_nominal), gains.tgo_min_s, spec.tgo_max_s
     )
-    r_h, v_h = nav.position_m[:2], nav.velocity_mps[:2]
-    zem = -(r_h + v_h * tgo)
-    zev = -v_h
-    accel_h = schedule(gains.zem_gain) * zem / tgo**2 - schedule(gains.zev_gain) * zev / tgo
+    position_gain = columns["zem_gain"].value(ramps) / tgo**2
+    velocity_gain = columns["zev_gain"].value(ramps) / tgo
+    accel_h = []
+    for r, v in zip(nav.position_m[:2], nav.velocity_mps[:2]):
+        zem, zev = -(r + v * tgo), -v
+        accel_h.append(position_gain * zem - velocity_gain * zev)
 
     # Vertical priority: bound the vertical thrust first, then give the horizontal what
     # remains within the magnitude and the tilt limit.
@@ -164,5 +241,8 @@ def thrust_command(
         mass_kg * accel_z, vehicle.thrust_min_n * jnp.cos(max_tilt), vehicle.thrust_max_n
     )
     room = jnp.sqrt(jnp.maximum(vehicle.thrust_max_n**2 - thrust_z**2, 1e-6))
-    thrust_h = clip_norm(mass_kg * accel_h, jnp.minimum(room, thrust_z * jnp.tan(max_tilt)))
-    return jnp.concatenate([thrust_h, thrust_z[None]])
+    thrust_x, thrust_y = clip_norm(
+        (mass_kg * accel_h[0], mass_kg * accel_h[1]),
+        jnp.minimum(room, thrust_z * jnp.tan(max_tilt)),
+    )
+    return thrust_x, thrust_y, thrust_z

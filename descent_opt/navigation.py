@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from descent_opt.dynamics import Scalar, Vec3, components
+
 RejectPolicy = Literal["reacquire", "latch"]
 REJECT_POLICIES = ("reacquire", "latch")
 
@@ -36,74 +38,114 @@ class NavParams(eqx.Module):
 
 
 class NavState(eqx.Module):
-    position_m: Float[Array, "3"]
-    velocity_mps: Float[Array, "3"]
-    accel_bias_mps2: Float[Array, ""]  # vertical accelerometer bias estimate
-    cov: Float[Array, "3 3"]  # covariance of (altitude, vertical velocity, bias)
-    since_accept_s: Float[Array, ""]  # time since the last accepted LRF reading
-    rejecting_s: Float[Array, ""]  # length of the current run of rejected valid readings
-    lrf_disabled: Bool[Array, ""]
+    """Filter state. The covariance of (altitude, vertical velocity, bias) is held as its six
+    distinct entries (``cov`` assembles the matrix) so that vmap keeps them population-long."""
+
+    position_m: Vec3 = eqx.field(converter=components)
+    velocity_mps: Vec3 = eqx.field(converter=components)
+    accel_bias_mps2: Scalar  # vertical accelerometer bias estimate
+    cov_hh: Scalar
+    cov_hv: Scalar
+    cov_hb: Scalar
+    cov_vv: Scalar
+    cov_vb: Scalar
+    cov_bb: Scalar
+    since_accept_s: Scalar  # time since the last accepted LRF reading
+    rejecting_s: Scalar  # length of the current run of rejected valid readings
+    lrf_disabled: Bool[Array, "*batch"]
 
     @property
-    def altitude_sigma_m(self) -> Float[Array, ""]:
-        return jnp.sqrt(jnp.maximum(self.cov[0, 0], 0.0))
+    def cov(self) -> Float[Array, "*batch 3 3"]:
+        rows = (
+            (self.cov_hh, self.cov_hv, self.cov_hb),
+            (self.cov_hv, self.cov_vv, self.cov_vb),
+            (self.cov_hb, self.cov_vb, self.cov_bb),
+        )
+        return jnp.stack([jnp.stack(r, axis=-1) for r in rows], axis=-2)
+
+    @property
+    def altitude_sigma_m(self) -> Scalar:
+        return jnp.sqrt(jnp.maximum(self.cov_hh, 0.0))
 
 
 def initial_nav(
-    position_estimate_m: Float[Array, "3"],
-    velocity_estimate_mps: Float[Array, "3"],
+    position_estimate_m: Vec3,
+    velocity_estimate_mps: Vec3,
     altitude_sigma_m: float,
     vertical_velocity_sigma_mps: float,
     bias_sigma_mps2: float,
 ) -> NavState:
     """Filter at the start of the descent, from orbit determination and the site map."""
-    cov = jnp.diag(jnp.array([altitude_sigma_m, vertical_velocity_sigma_mps, bias_sigma_mps2]) ** 2)
+    position = components(position_estimate_m)
+    zero = jnp.zeros_like(position[2])
     return NavState(
-        position_m=position_estimate_m,
-        velocity_mps=velocity_estimate_mps,
-        accel_bias_mps2=jnp.asarray(0.0),
-        cov=cov,
-        since_accept_s=jnp.asarray(1e6),
-        rejecting_s=jnp.asarray(0.0),
-        lrf_disabled=jnp.asarray(False),
+        position_m=position,
+        velocity_mps=components(velocity_estimate_mps),
+        accel_bias_mps2=zero,
+        cov_hh=zero + altitude_sigma_m**2,
+        cov_hv=zero,
+        cov_hb=zero,
+        cov_vv=zero + vertical_velocity_sigma_mps**2,
+        cov_vb=zero,
+        cov_bb=zero + bias_sigma_mps2**2,
+        since_accept_s=zero + 1e6,
+        rejecting_s=zero,
+        lrf_disabled=jnp.zeros(zero.shape, bool),
     )
 
 
 def predict(
     nav: NavState,
-    accel_measured_mps2: Float[Array, "3"],
+    accel_measured_mps2: Vec3,
     gravity_mps2: float,
     params: NavParams,
     dt_s: float,
 ) -> NavState:
-    """Propagate with one IMU sample."""
-    accel = accel_measured_mps2 + jnp.array([0.0, 0.0, -gravity_mps2 - nav.accel_bias_mps2])
-    position = nav.position_m + nav.velocity_mps * dt_s + 0.5 * accel * dt_s**2
-    velocity = nav.velocity_mps + accel * dt_s
-    transition = jnp.array([[1.0, dt_s, -0.5 * dt_s**2], [0.0, 1.0, -dt_s], [0.0, 0.0, 1.0]])
-    shaping = jnp.array([0.5 * dt_s**2, dt_s, 0.0])
-    bias_walk = jnp.diag(jnp.array([0.0, 0.0, (1e-5) ** 2 * dt_s]))
-    cov = (
-        transition @ nav.cov @ transition.T
-        + params.accel_noise_mps2**2 * jnp.outer(shaping, shaping)
-        + bias_walk
+    """Propagate with one IMU sample: x <- F x + B a, P <- F P F^T + Q, with
+    F = [[1, dt, -dt^2/2], [0, 1, -dt], [0, 0, 1]] on (altitude, vertical velocity, bias),
+    process noise q^2 s s^T (s = (dt^2/2, dt, 0)) plus a slow random walk of the bias."""
+    ax, ay, az = components(accel_measured_mps2)
+    accel = (ax, ay, az - gravity_mps2 - nav.accel_bias_mps2)
+    position = tuple(
+        r + v * dt_s + 0.5 * a * dt_s**2 for r, v, a in zip(nav.position_m, nav.velocity_mps, accel)
     )
+    velocity = tuple(v + a * dt_s for v, a in zip(nav.velocity_mps, accel))
+    hh, hv, hb, vv, vb, bb = nav.cov_hh, nav.cov_hv, nav.cov_hb, nav.cov_vv, nav.cov_vb, nav.cov_bb
+    a, c, e = dt_s, -0.5 * dt_s**2, -dt_s  # F[0, 1], F[0, 2], F[1, 2]
+    # P F^T, column by column, then F (P F^T).
+    p0 = (hh + a * hv + c * hb, hv + a * vv + c * vb, hb + a * vb + c * bb)
+    p1 = (hv + e * hb, vv + e * vb, vb + e * bb)
+    q2 = params.accel_noise_mps2**2
+    s0, s1 = 0.5 * dt_s**2, dt_s
     return eqx.tree_at(
-        lambda n: (n.position_m, n.velocity_mps, n.cov, n.since_accept_s),
+        lambda n: (
+            n.position_m, n.velocity_mps, n.cov_hh, n.cov_hv, n.cov_hb, n.cov_vv, n.cov_vb,
+            n.cov_bb, n.since_accept_s,
+        ),
         nav,
-        (position, velocity, cov, nav.since_accept_s + dt_s),
-    )
+        (
+            position,
+            velocity,
+            p0[0] + a * p0[1] + c * p0[2] + q2 * s0 * s0,
+            p1[0] + a * p1[1] + c * p1[2] + q2 * s0 * s1,
+            hb + a * vb + c * bb,
+            p1[1] + e * p1[2] + q2 * s1 * s1,
+            vb + e * bb,
+            bb + (1e-5) ** 2 * dt_s,
+            nav.since_accept_s + dt_s,
+        ),
+    )  # fmt: skip
 
 
 def update(
     nav: NavState,
-    altitude_measured_m: Float[Array, ""],
-    valid: Bool[Array, ""],
+    altitude_measured_m: Scalar,
+    valid: Bool[Array, "*batch"],
     params: NavParams,
     dt_s: float,
     policy: RejectPolicy = "reacquire",
     gate_softness: float = 0.0,
-) -> tuple[NavState, Bool[Array, ""]]:
+) -> tuple[NavState, Bool[Array, "*batch"]]:
     """Fuse one LRF altitude reading; returns the new state and whether it was accepted.
 
     With ``gate_softness > 0`` the correction is weighted by a sigmoid of the gate margin
@@ -111,8 +153,8 @@ def update(
     uses the hard decision."""
     usable = valid & ~nav.lrf_disabled
     variance = params.lrf_noise_m**2
-    innovation = altitude_measured_m - (nav.position_m[2])
-    s = nav.cov[0, 0] + variance
+    innovation = altitude_measured_m - nav.position_m[2]
+    s = nav.cov_hh + variance
     d2 = innovation**2 / s
     margin = params.gate_sigma**2 - d2
     accepted = usable & (margin > 0.0)
@@ -120,9 +162,18 @@ def update(
         weight = usable * jax.nn.sigmoid(margin / gate_softness)
     else:
         weight = accepted.astype(innovation.dtype)
-    gain = nav.cov[:, 0] / s
-    correction = weight * gain * innovation
-    cov = nav.cov - weight * jnp.outer(gain, nav.cov[0, :])
+    # Kalman gain K = P[:, 0] / s; P <- P - w K P[0, :].
+    ws = weight / s
+    hh, hv, hb = nav.cov_hh, nav.cov_hv, nav.cov_hb
+    correction = (ws * hh * innovation, ws * hv * innovation, ws * hb * innovation)
+    cov = (
+        hh - ws * hh * hh,
+        hv - ws * hh * hv,
+        hb - ws * hh * hb,
+        nav.cov_vv - ws * hv * hv,
+        nav.cov_vb - ws * hv * hb,
+        nav.cov_bb - ws * hb * hb,
+    )
 
     rejected = usable & ~accepted
     rejecting = jnp.where(
@@ -131,8 +182,8 @@ def update(
     timed_out = rejected & (rejecting > params.reacquire_after_s)
     if policy == "reacquire":
         # Reset altitude to the reading; drop its correlations with the other states.
-        reset_cov = cov.at[0, :].set(0.0).at[:, 0].set(0.0).at[0, 0].set(variance)
-        cov = jnp.where(timed_out, reset_cov, cov)
+        reset = (variance, 0.0, 0.0)
+        cov = tuple(jnp.where(timed_out, r, c) for r, c in zip(reset, cov[:3])) + cov[3:]
         altitude = jnp.where(timed_out, altitude_measured_m, nav.position_m[2] + correction[0])
         accepted = accepted | timed_out
         rejecting = jnp.where(timed_out, 0.0, rejecting)
@@ -142,13 +193,18 @@ def update(
         disabled = nav.lrf_disabled | timed_out
     else:
         raise ValueError(f"navigation.reject_policy: {policy!r} is not one of {REJECT_POLICIES}")
-    position = nav.position_m.at[2].set(altitude)
-    velocity = nav.velocity_mps.at[2].add(correction[1])
+    px, py, _ = nav.position_m
+    vx, vy, vz = nav.velocity_mps
     new = NavState(
-        position_m=position,
-        velocity_mps=velocity,
+        position_m=(px, py, altitude),
+        velocity_mps=(vx, vy, vz + correction[1]),
         accel_bias_mps2=nav.accel_bias_mps2 + correction[2],
-        cov=0.5 * (cov + cov.T),
+        cov_hh=cov[0],
+        cov_hv=cov[1],
+        cov_hb=cov[2],
+        cov_vv=cov[3],
+        cov_vb=cov[4],
+        cov_bb=cov[5],
         since_accept_s=jnp.where(accepted, 0.0, nav.since_accept_s),
         rejecting_s=rejecting,
         lrf_disabled=disabled,

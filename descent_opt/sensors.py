@@ -1,17 +1,19 @@
 """Sensor models: IMU accelerometer and laser range finder (LRF) altimeter.
 
-Pure functions; all randomness enters through an explicit ``key``. Fault parameters (see
-:mod:`descent_opt.faults`) are arguments, so the nominal sensor is the fault-free case.
+Pure functions; randomness enters as standard draws (:mod:`descent_opt.noise`, from
+explicit keys). Fault parameters (see :mod:`descent_opt.faults`) are arguments, so the
+nominal sensor is the fault-free case.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float
 
 from descent_opt import terrain as terrain_lib
+from descent_opt.dynamics import Vec3, components
+from descent_opt.noise import LrfDraws
 
 
 class ImuSpec(eqx.Module):
@@ -28,33 +30,43 @@ class LrfSpec(eqx.Module):
     max_range_m: float = 3000.0
 
 
-def imu_measure(
-    specific_force_mps2: Float[Array, "3"],
-    bias_mps2: Float[Array, "3"],
-    spec: ImuSpec,
-    *,
-    key: PRNGKeyArray,
-) -> Float[Array, "3"]:
-    """Accelerometer reading of the specific force (thrust acceleration) in the local frame."""
-    return specific_force_mps2 + bias_mps2 + spec.noise_mps2 * jax.random.normal(key, (3,))
+def imu_measure(specific_force_mps2: Vec3, bias_mps2: Vec3, spec: ImuSpec, normals: Vec3) -> Vec3:
+    """Accelerometer reading of the specific force (thrust acceleration) in the local frame;
+    ``normals`` are three standard normal draws."""
+    return tuple(
+        f + b + spec.noise_mps2 * z
+        for f, b, z in zip(components(specific_force_mps2), components(bias_mps2), normals)
+    )
 
 
 def beam_range_m(
     terrain: terrain_lib.Terrain,
-    position_m: Float[Array, "3"],
-    beam_direction: Float[Array, "3"],
+    position_m: Vec3,
+    beam_direction: Vec3,
     iterations: int = 4,
-) -> Float[Array, ""]:
+    initial_range_m: Float[Array, "*b"] | None = None,
+) -> Float[Array, "*b"]:
     """Distance along a downward unit ``beam_direction`` from ``position_m`` to the terrain,
-    by fixed-point iteration (converges while terrain slope times beam tilt stays below 1)."""
-    down = jnp.maximum(-beam_direction[2], 1e-3)
-    distance = (
-        jnp.maximum(position_m[2] - terrain_lib.height_m(terrain, position_m[:2]), 0.0) / down
-    )
+    by fixed-point iteration ``d <- (z - h(xy + d b_xy)) / (-b_z)``, which converges while
+    terrain slope times beam tilt stays below 1. It starts from ``initial_range_m`` (the
+    simulator passes the previous step's range: the beam foot moves little per step) or,
+    when that is None, from the height above the terrain straight below."""
+    px, py, pz = components(position_m)
+    bx, by, bz = components(beam_direction)
+    down = jnp.maximum(-bz, 1e-3)
+    if initial_range_m is None:
+        distance = jnp.maximum(pz - terrain_lib.height_m(terrain, (px, py)), 0.0) / down
+    else:
+        distance = initial_range_m
     for _ in range(iterations):
-        foot = position_m[:2] + distance * beam_direction[:2]
-        distance = jnp.maximum(position_m[2] - terrain_lib.height_m(terrain, foot), 0.0) / down
+        foot = (px + distance * bx, py + distance * by)
+        distance = jnp.maximum(pz - terrain_lib.height_m(terrain, foot), 0.0) / down
     return distance
+
+
+def student_t2(uniform: Float[Array, "*b"]) -> Float[Array, "*b"]:
+    """Student-t with 2 degrees of freedom from a U(0, 1) draw, by its exact inverse CDF."""
+    return (2.0 * uniform - 1.0) / jnp.sqrt(2.0 * uniform * (1.0 - uniform))
 
 
 def lrf_measure(
@@ -67,20 +79,18 @@ def lrf_measure(
     heavy_tail_scale_m: Float[Array, ""],
     dropout_prob: Float[Array, ""],
     absent: Bool[Array, ""],
-    key: PRNGKeyArray,
+    draws: LrfDraws,
 ) -> tuple[Float[Array, ""], Bool[Array, ""]]:
     """One LRF sample: (measured range, valid flag).
 
     Valid only inside the smaller of the design maximum range and this unit's acquisition
     range (a late-acquiring unit, HAKUTO-R Mission 2), when the unit is fitted and working
     (IM-1), and when the sample is not dropped. Noise is Gaussian plus, over dark terrain,
-    a heavy-tailed Student-t term (IM-2); bias and scale factor are per unit."""
-    k_gauss, k_tail, k_drop = jax.random.split(key, 3)
-    noise = spec.noise_m * jax.random.normal(k_gauss) + heavy_tail_scale_m * jax.random.t(
-        k_tail, 2.0
-    )
+    a heavy-tailed Student-t term (IM-2); bias and scale factor are per unit. ``draws`` are
+    the sample's standard random numbers (:func:`descent_opt.noise.sample_step_noise`)."""
+    noise = spec.noise_m * draws.normal + heavy_tail_scale_m * student_t2(draws.tail_uniform)
     measured = scale_factor * true_range_m + bias_m + noise
     in_range = true_range_m < jnp.minimum(spec.max_range_m, acquisition_range_m)
-    dropped = jax.random.bernoulli(k_drop, dropout_prob)
+    dropped = draws.drop_uniform < dropout_prob
     valid = in_range & ~dropped & ~absent & (measured > 0.0)
     return measured, valid

@@ -4,6 +4,19 @@ time, vmapped over a scenario population.
 Touchdown is the first step whose end lies at or below the terrain; the touchdown state is
 interpolated inside that step and the lander is frozen there, so landing metrics vary
 continuously with the gains.
+
+How it is laid out for speed (the model is the same whatever the layout):
+- the step is scalar code (vectors as component tuples, the filter covariance as six
+  entries, crater slots split by :meth:`Terrain.by_slot`), so vmap makes every quantity one
+  population-long array that XLA vectorises and fuses;
+- gain-only work (segment slopes, time-to-go tables) is done once per flight
+  (:func:`guidance.prepare`) and each step locates its scheduling altitude once;
+- every random number of step t comes from a counter-based stream of the scenario's key
+  (:mod:`descent_opt.noise`): no key splitting in the loop;
+- the LRF ray cast starts from the previous step's range (``beam_iterations`` fixed-point
+  passes per step instead of a fresh search);
+- time runs in blocks of ``block_steps`` steps, and a block in which every scenario has
+  already landed is skipped (exact: landed scenarios are frozen).
 """
 
 from __future__ import annotations
@@ -11,12 +24,20 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, UInt32
 
-from descent_opt import dynamics, navigation, sensors
+from descent_opt import dynamics, navigation, noise, sensors
 from descent_opt import terrain as terrain_lib
-from descent_opt.dynamics import LanderState, Vehicle
-from descent_opt.guidance import Gains, GuidanceSpec, in_contingency, thrust_command
+from descent_opt.dynamics import LanderState, Scalar, Vec3, Vehicle, components
+from descent_opt.faults import Faults
+from descent_opt.guidance import (
+    Gains,
+    GuidanceSpec,
+    Schedule,
+    in_contingency,
+    prepare,
+    thrust_command,
+)
 from descent_opt.scenarios import Scenario
 
 
@@ -36,6 +57,8 @@ class SimSpec(eqx.Module):
     duration_s: float = 160.0
     reject_policy: str = "reacquire"
     gate_softness: float = 0.0  # > 0: sigmoid-weighted gate (for gradients); 0: hard gate
+    beam_iterations: int = 2  # LRF ray-cast passes per step, warm-started from the last range
+    block_steps: int = 20  # steps per block; blocks after everyone has landed are skipped
 
     @property
     def n_steps(self) -> int:
@@ -73,57 +96,97 @@ class Trace(eqx.Module):
     contingency: Bool[Array, " t"]
 
 
+class _Flight(eqx.Module):
+    """What one scenario's flight reads at every step and never changes, in scalar form."""
+
+    position0_m: Vec3
+    velocity0_mps: Vec3
+    mass0_kg: Scalar
+    nav_position_error_m: Vec3
+    nav_velocity_error_mps: Vec3
+    imu_bias_mps2: Vec3
+    faults: Faults
+    terrain: terrain_lib.Terrain  # split by slot
+    key_words: tuple[UInt32[Array, "*b"], UInt32[Array, "*b"]]
+
+    @classmethod
+    def of(cls, scenarios: Scenario) -> "_Flight":
+        return cls(
+            position0_m=components(scenarios.position0_m),
+            velocity0_mps=components(scenarios.velocity0_mps),
+            mass0_kg=scenarios.mass0_kg,
+            nav_position_error_m=components(scenarios.nav_position_error_m),
+            nav_velocity_error_mps=components(scenarios.nav_velocity_error_mps),
+            imu_bias_mps2=components(scenarios.imu_bias_mps2),
+            faults=scenarios.faults,
+            terrain=scenarios.terrain.by_slot(),
+            key_words=noise.key_words(scenarios.key),
+        )
+
+
 class _Carry(eqx.Module):
     lander: LanderState
     nav: navigation.NavState
-    height_m: Float[Array, ""]
-    landed: Bool[Array, ""]
-    touchdown_time_s: Float[Array, ""]
-    exhausted: Bool[Array, ""]
-    first_accept_height_m: Float[Array, ""]
+    height_m: Scalar
+    landed: Bool[Array, "*b"]
+    touchdown_time_s: Scalar
+    exhausted: Bool[Array, "*b"]
+    first_accept_height_m: Scalar
+    beam_range_m: Scalar  # last LRF ray-cast range: the next step's starting point
 
 
-def _initial_carry(spec: SimSpec, scenario: Scenario) -> _Carry:
+def _initial_carry(spec: SimSpec, flight: _Flight) -> _Carry:
     lander = dynamics.initial_state(
-        spec.vehicle, scenario.position0_m, scenario.velocity0_mps, scenario.mass0_kg
+        spec.vehicle, flight.position0_m, flight.velocity0_mps, flight.mass0_kg
     )
     nav = navigation.initial_nav(
-        scenario.position0_m + scenario.nav_position_error_m,
-        scenario.velocity0_mps + scenario.nav_velocity_error_mps,
+        tuple(r + e for r, e in zip(flight.position0_m, flight.nav_position_error_m)),
+        tuple(v + e for v, e in zip(flight.velocity0_mps, flight.nav_velocity_error_mps)),
         spec.nav_altitude_sigma_m,
         spec.nav_velocity_sigma_mps,
         spec.nav_bias_sigma_mps2,
     )
-    height = lander.position_m[2] - terrain_lib.height_m(scenario.terrain, lander.position_m[:2])
+    x, y, z = lander.position_m
+    height = z - terrain_lib.height_m(flight.terrain, (x, y))
+    zero = jnp.zeros_like(height)
     return _Carry(
         lander=lander,
         nav=nav,
         height_m=height,
         landed=height <= 0.0,
-        touchdown_time_s=jnp.asarray(0.0),
-        exhausted=jnp.asarray(False),
-        first_accept_height_m=jnp.asarray(-1.0),
+        touchdown_time_s=zero,
+        exhausted=jnp.zeros_like(height, dtype=bool),
+        first_accept_height_m=zero - 1.0,
+        beam_range_m=jnp.maximum(height, 0.0),  # the axis starts vertical
     )
 
 
-def _step(spec: SimSpec, gains: Gains, scenario: Scenario, carry: _Carry, xs):
-    index, key = xs
+def _step(spec: SimSpec, schedule: Schedule, flight: _Flight, carry: _Carry, index):
     dt = spec.dt_s
-    k_imu, k_lrf = jax.random.split(key)
-    faults = scenario.faults
+    gains = schedule.gains
+    draws = noise.step_noise(flight.key_words, index.astype(jnp.uint32))
+    faults = flight.faults
     lander = carry.lander
 
     contingency = in_contingency(carry.nav, spec.guidance)
     command = thrust_command(
-        gains, spec.guidance, spec.vehicle, carry.nav, lander.mass_kg, spec.gravity_mps2
+        schedule, spec.guidance, spec.vehicle, carry.nav, lander.mass_kg, spec.gravity_mps2
     )
     moved, specific_force = dynamics.step(spec.vehicle, lander, command, spec.gravity_mps2, dt)
 
-    accel = sensors.imu_measure(specific_force, scenario.imu_bias_mps2, spec.imu, key=k_imu)
+    accel = sensors.imu_measure(specific_force, flight.imu_bias_mps2, spec.imu, draws.imu)
     nav = navigation.predict(carry.nav, accel, spec.gravity_mps2, gains.nav, dt)
     axis = dynamics.axis_from_tilt(moved.tilt_rad)
-    stale_position = moved.position_m - moved.velocity_mps * faults.latency_s
-    true_range = sensors.beam_range_m(scenario.terrain, stale_position, -axis)
+    stale_position = tuple(
+        r - v * faults.latency_s for r, v in zip(moved.position_m, moved.velocity_mps)
+    )
+    true_range = sensors.beam_range_m(
+        flight.terrain,
+        stale_position,
+        tuple(-a for a in axis),
+        spec.beam_iterations,
+        initial_range_m=carry.beam_range_m,
+    )
     measured, valid = sensors.lrf_measure(
         true_range,
         spec.lrf,
@@ -133,7 +196,7 @@ def _step(spec: SimSpec, gains: Gains, scenario: Scenario, carry: _Carry, xs):
         heavy_tail_scale_m=faults.heavy_tail_scale_m,
         dropout_prob=faults.dropout_prob,
         absent=faults.absent,
-        key=k_lrf,
+        draws=draws.lrf,
     )
     sample_due = jnp.floor((index + 1) * dt * spec.lrf.rate_hz) > jnp.floor(
         index * dt * spec.lrf.rate_hz
@@ -148,7 +211,8 @@ def _step(spec: SimSpec, gains: Gains, scenario: Scenario, carry: _Carry, xs):
         spec.gate_softness,
     )
 
-    height = moved.position_m[2] - terrain_lib.height_m(scenario.terrain, moved.position_m[:2])
+    x, y, z = moved.position_m
+    height = z - terrain_lib.height_m(flight.terrain, (x, y))
     crossing = ~carry.landed & (height <= 0.0)
     touchdown, fraction = dynamics.interpolate_touchdown(lander, moved, carry.height_m, height)
     after = jax.tree.map(
@@ -171,6 +235,7 @@ def _step(spec: SimSpec, gains: Gains, scenario: Scenario, carry: _Carry, xs):
             height,
             carry.first_accept_height_m,
         ),
+        beam_range_m=true_range,
     )
     trace = Trace(
         time_s=(index + 1) * dt,
@@ -179,7 +244,7 @@ def _step(spec: SimSpec, gains: Gains, scenario: Scenario, carry: _Carry, xs):
         altitude_estimate_m=nav.position_m[2],
         vertical_speed_mps=after.velocity_mps[2],
         vertical_speed_estimate_mps=nav.velocity_mps[2],
-        horizontal_speed_mps=dynamics.safe_norm(after.velocity_mps[:2]),
+        horizontal_speed_mps=dynamics.hypot(*after.velocity_mps[:2]),
         tilt_deg=dynamics.tilt_deg(after),
         thrust_n=after.thrust_n,
         mass_kg=after.mass_kg,
@@ -189,37 +254,60 @@ def _step(spec: SimSpec, gains: Gains, scenario: Scenario, carry: _Carry, xs):
     return new_carry, trace
 
 
-def _run(spec: SimSpec, gains: Gains, scenario: Scenario, keep_trace: bool):
-    def body(carry, xs):
-        carry, trace = _step(spec, gains, scenario, carry, xs)
-        return carry, (trace if keep_trace else None)
+def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
+    """Population-level time loop; returns the final carry and (with ``keep_trace``) the
+    per-step traces with time first."""
+    schedule = prepare(gains)
+    flight = _Flight.of(scenarios)
+    step = jax.vmap(lambda f, c, i: _step(spec, schedule, f, c, i), in_axes=(0, 0, None))
+    carry = jax.vmap(lambda f: _initial_carry(spec, f))(flight)
+    steps = jnp.arange(spec.n_steps)
 
-    body = jax.checkpoint(body)
-    xs = (jnp.arange(spec.n_steps), jax.random.split(scenario.key, spec.n_steps))
-    final, trace = jax.lax.scan(body, _initial_carry(spec, scenario), xs)
+    if keep_trace:
+        return jax.lax.scan(lambda c, i: step(flight, c, i), carry, steps)
+
+    # Reverse mode keeps only the carry of each step and recomputes the step.
+    body = jax.checkpoint(lambda c, i: (step(flight, c, i)[0], None))
+
+    def run(c, indices):
+        return jax.lax.scan(body, c, indices)[0]
+
+    def block(c, indices):
+        return jax.lax.cond(jnp.all(c.landed), lambda c_, _: c_, run, c, indices), None
+
+    size = max(1, min(spec.block_steps, spec.n_steps))
+    n_blocks = spec.n_steps // size
+    carry, _ = jax.lax.scan(block, carry, steps[: n_blocks * size].reshape(n_blocks, size))
+    if spec.n_steps > n_blocks * size:
+        carry, _ = block(carry, steps[n_blocks * size :])
+    return carry, None
+
+
+def _outcome(spec: SimSpec, scenarios: Scenario, final: _Carry) -> Outcome:
     lander = final.lander
-    outcome = Outcome(
+    return Outcome(
         landed=final.landed,
         touchdown_time_s=jnp.where(final.landed, final.touchdown_time_s, spec.duration_s),
-        touchdown_velocity_mps=lander.velocity_mps,
-        touchdown_position_m=lander.position_m,
+        touchdown_velocity_mps=dynamics.stack(lander.velocity_mps),
+        touchdown_position_m=dynamics.stack(lander.position_m),
         touchdown_tilt_deg=dynamics.tilt_deg(lander),
-        fuel_kg=scenario.mass0_kg - lander.mass_kg,
+        fuel_kg=scenarios.mass0_kg - lander.mass_kg,
         exhausted=final.exhausted,
         final_height_m=final.height_m,
         lrf_first_accept_height_m=final.first_accept_height_m,
     )
-    return outcome, trace
 
 
 @eqx.filter_jit
 def simulate(spec: SimSpec, gains: Gains, scenarios: Scenario) -> Outcome:
     """Fly every scenario of a population with one set of gains (differentiable in gains)."""
-    return jax.vmap(lambda s: _run(spec, gains, s, False)[0])(scenarios)
+    final, _ = _fly(spec, gains, scenarios, keep_trace=False)
+    return _outcome(spec, scenarios, final)
 
 
 @eqx.filter_jit
 def simulate_traces(spec: SimSpec, gains: Gains, scenarios: Scenario) -> tuple[Outcome, Trace]:
-    """Like :func:`simulate` but also returns per-step histories (memory grows with
-    population times steps: meant for a few scenarios)."""
-    return jax.vmap(lambda s: _run(spec, gains, s, True))(scenarios)
+    """Like :func:`simulate` but also returns per-step histories, scenario first (memory
+    grows with population times steps: meant for a few scenarios)."""
+    final, trace = _fly(spec, gains, scenarios, keep_trace=True)
+    return _outcome(spec, scenarios, final), jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), trace)

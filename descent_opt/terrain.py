@@ -4,6 +4,10 @@ Every terrain kind (flat, slope, single crater, procedural crater field, and the
 step of the fault catalog) is one :class:`Terrain` with a fixed number of crater slots, so
 populations of different terrains vmap together. Unused slots have zero depth and rim.
 The landing target sits at the origin on height 0.
+
+:func:`height_m` loops over the slots in Python and indexes components, so it takes a terrain
+either as arrays (slot axis last) or split per slot (:meth:`Terrain.by_slot`, what the
+simulator flies: one population-long array per slot and field).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from descent_opt.dynamics import safe_norm
+from descent_opt.dynamics import components, hypot, safe_norm
 
 RIM_STEP_SLOT = 0  # slot reserved for the fault catalog's crater-rim step
 EJECTA_CLEARANCE_RADII = 2.0  # field craters keep this many radii (plus keep-out) from the target
@@ -29,6 +33,31 @@ class Terrain(eqx.Module):
     crater_depth_m: Float[Array, " n"]
     crater_rim_m: Float[Array, " n"]
     crater_floor_frac: Float[Array, " n"]
+
+    @property
+    def n_slots(self) -> int:
+        radius = self.crater_radius_m
+        return len(radius) if isinstance(radius, tuple) else radius.shape[-1]
+
+    def by_slot(self) -> "Terrain":
+        """The same terrain with the slot axis split into per-slot components (a tuple per
+        field; leading batch axes kept), and the slope into its two components."""
+        if isinstance(self.crater_radius_m, tuple):
+            return self
+
+        def split(a, axis):
+            return tuple(jnp.moveaxis(a, axis, 0))
+
+        centers = split(self.crater_center_m, -2)
+        return Terrain(
+            slope=components(self.slope, 2),
+            offset_m=self.offset_m,
+            crater_center_m=tuple(components(c, 2) for c in centers),
+            crater_radius_m=split(self.crater_radius_m, -1),
+            crater_depth_m=split(self.crater_depth_m, -1),
+            crater_rim_m=split(self.crater_rim_m, -1),
+            crater_floor_frac=split(self.crater_floor_frac, -1),
+        )
 
 
 def _smoothstep(t):
@@ -48,17 +77,21 @@ def crater_profile(
     return jnp.where(x < 1.0, wall, outside)
 
 
-def height_m(terrain: Terrain, xy_m: Float[Array, "2"]) -> Float[Array, ""]:
-    """Terrain height at horizontal position ``xy_m``."""
-    distance = safe_norm(xy_m[None, :] - terrain.crater_center_m)
-    craters = crater_profile(
-        distance,
-        terrain.crater_radius_m,
-        terrain.crater_depth_m,
-        terrain.crater_rim_m,
-        terrain.crater_floor_frac,
-    )
-    return terrain.offset_m + terrain.slope @ xy_m + jnp.sum(craters)
+def height_m(terrain: Terrain, xy_m) -> Float[Array, "*batch"]:
+    """Terrain height at horizontal position ``xy_m`` (a pair of components or a ``(2,)``
+    array)."""
+    x, y = components(xy_m, 2)
+    height = terrain.offset_m + terrain.slope[0] * x + terrain.slope[1] * y
+    for i in range(terrain.n_slots):
+        center = terrain.crater_center_m[i]
+        height = height + crater_profile(
+            hypot(x - center[0], y - center[1]),
+            terrain.crater_radius_m[i],
+            terrain.crater_depth_m[i],
+            terrain.crater_rim_m[i],
+            terrain.crater_floor_frac[i],
+        )
+    return height
 
 
 def _empty(n_craters: int) -> dict:

@@ -73,10 +73,10 @@ def test_free_fall_matches_ballistic_closed_form():
     expected_pos = z0 + v0 * t - 0.5 * g * t**2
     expected_vel = v0 - g * t
     np.testing.assert_allclose(
-        np.asarray(hist.position_m), expected_pos, rtol=0, atol=n * EPS32 * 1000
+        np.asarray(dynamics.stack(hist.position_m)), expected_pos, rtol=0, atol=n * EPS32 * 1000
     )
     np.testing.assert_allclose(
-        np.asarray(hist.velocity_mps), expected_vel, rtol=0, atol=n * EPS32 * 20
+        np.asarray(dynamics.stack(hist.velocity_mps)), expected_vel, rtol=0, atol=n * EPS32 * 20
     )
     np.testing.assert_array_equal(np.asarray(hist.mass_kg), np.float32(480.0))
     np.testing.assert_array_equal(np.asarray(hist.thrust_n), 0.0)
@@ -108,7 +108,7 @@ def test_rocket_equation_full_vertical_thrust():
     # The returned specific force is the mean thrust acceleration over each step.
     masses = np.concatenate([[m0], np.asarray(hist.mass_kg, dtype=np.float64)])
     np.testing.assert_allclose(
-        np.asarray(force[:, 2]), ve * np.log(masses[:-1] / masses[1:]) / dt, rtol=2e-3
+        np.asarray(force[2]), ve * np.log(masses[:-1] / masses[1:]) / dt, rtol=2e-3
     )
 
 
@@ -125,7 +125,7 @@ def test_hover_altitude_drift_matches_prediction():
     ve = 320.0 * G0_MPS2
     delta = -ve * np.log1p(-GRAVITY * dt / ve) - GRAVITY * dt
     predicted = delta * dt * n**2 / 2.0
-    drift = np.asarray(hist.position_m[:, 2]) - 100.0
+    drift = np.asarray(hist.position_m[2]) - 100.0
     assert abs(drift[-1] - predicted) < 5e-3
     assert np.max(np.abs(drift)) < 0.05
     assert abs(float(final.velocity_mps[2]) - n * delta) < 1e-4
@@ -143,7 +143,7 @@ def test_propellant_exhaustion():
     start = _state([0.0, 0.0, 500.0], [0.0, 0.0, 0.0], dry + 1.0, thrust)
     _, (hist, force) = _run_propagate(VEHICLE, start, jnp.float32(thrust), 5, 0.0, dt)
     mass = np.asarray(hist.mass_kg, dtype=np.float64)
-    vz = np.asarray(hist.velocity_mps[:, 2], dtype=np.float64)
+    vz = np.asarray(hist.velocity_mps[2], dtype=np.float64)
     thrust_out = np.asarray(hist.thrust_n, dtype=np.float64)
     ulp = float(np.spacing(np.float32(dry)))
 
@@ -159,7 +159,7 @@ def test_propellant_exhaustion():
     # Tanks empty: no thrust, no velocity change, no specific force.
     np.testing.assert_array_equal(thrust_out[2:], 0.0)
     np.testing.assert_array_equal(vz[2:], vz[1])
-    np.testing.assert_array_equal(np.asarray(force[2:]), 0.0)
+    np.testing.assert_array_equal(np.asarray(dynamics.stack(force))[2:], 0.0)
 
 
 def test_exhausted_lander_falls_freely_through_step():
@@ -234,7 +234,7 @@ def test_actuator_tilt_never_exceeds_max_for_random_commands():
         return new, tilt
 
     _, tilts = jax.lax.scan(body, dynamics.initial_state(VEHICLE, [0, 0, 1000], [0, 0, 0]), cmds)
-    tilts = np.asarray(tilts, dtype=np.float64)
+    tilts = np.asarray(dynamics.stack(tilts), dtype=np.float64)
     steps = np.linalg.norm(np.diff(np.vstack([np.zeros(2), tilts]), axis=0), axis=1)
     assert np.max(steps) <= np.deg2rad(10.0) * dt + 1e-6
     assert np.max(np.linalg.norm(tilts, axis=1)) <= np.deg2rad(15.0) + 1e-6
@@ -257,23 +257,28 @@ def test_axis_tilt_round_trip():
     tilts in the small-angle branch (< 1e-4 rad)."""
     tilts = jax.random.uniform(jax.random.key(0), (64, 2), minval=-1.0, maxval=1.0)
     tilts = jnp.concatenate([tilts, jnp.array([[0.0, 0.0], [5e-5, -3e-5], [1e-3, 0.0]])])
-    axes = jax.vmap(dynamics.axis_from_tilt)(tilts)
+    axes = dynamics.stack(jax.vmap(dynamics.axis_from_tilt)(tilts))
     angle = np.linalg.norm(np.asarray(tilts, dtype=np.float64), axis=1)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(axes), axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(np.asarray(axes[:, 2]), np.cos(angle), atol=1e-6)
-    back = jax.vmap(lambda a: dynamics.tilt_from_vector(3.7 * a))(axes)
+    back = dynamics.stack(jax.vmap(lambda a: dynamics.tilt_from_vector(3.7 * a))(axes))
     np.testing.assert_allclose(np.asarray(back), np.asarray(tilts), atol=1e-5)
 
 
 def test_axis_from_tilt_jacobian_at_zero_is_identity():
     """At zero tilt the axis is (tx, ty, 1 - |t|^2/2): Jacobian [[1,0],[0,1],[0,0]], finite
     (safe_norm must not leak NaN from sqrt at 0). Same for tilt_from_vector at +z."""
-    jac = jax.jacfwd(dynamics.axis_from_tilt)(jnp.zeros(2))
-    jac_rev = jax.jacrev(dynamics.axis_from_tilt)(jnp.zeros(2))
+    def axis(tilt):
+        return dynamics.stack(dynamics.axis_from_tilt(tilt))
+
+    jac = jax.jacfwd(axis)(jnp.zeros(2))
+    jac_rev = jax.jacrev(axis)(jnp.zeros(2))
     expected = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     np.testing.assert_allclose(np.asarray(jac), expected, atol=1e-7)
     np.testing.assert_allclose(np.asarray(jac_rev), expected, atol=1e-7)
-    jac_inv = jax.jacrev(dynamics.tilt_from_vector)(jnp.array([0.0, 0.0, 1.0]))
+    jac_inv = jax.jacrev(lambda v: dynamics.stack(dynamics.tilt_from_vector(v)))(
+        jnp.array([0.0, 0.0, 1.0])
+    )
     np.testing.assert_allclose(np.asarray(jac_inv), [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-7)
 
 

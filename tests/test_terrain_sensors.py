@@ -14,6 +14,7 @@ import pytest
 from descent_opt import dynamics, sensors
 from descent_opt import terrain as terrain_lib
 from descent_opt.faults import FaultCatalog, sample_faults
+from descent_opt.noise import sample_step_noise
 from descent_opt.scenarios import TerrainSpec, base_terrain
 
 height = jax.jit(terrain_lib.height_m)
@@ -170,7 +171,7 @@ def test_crater_field_target_at_height_zero():
 
 def _beam(tilt_deg, az_deg):
     tilt = np.deg2rad(tilt_deg) * np.array([np.cos(np.deg2rad(az_deg)), np.sin(np.deg2rad(az_deg))])
-    return -dynamics.axis_from_tilt(jnp.asarray(tilt, dtype=jnp.float32))
+    return -dynamics.stack(dynamics.axis_from_tilt(jnp.asarray(tilt, dtype=jnp.float32)))
 
 
 @pytest.mark.parametrize("tilt_deg,az_deg", [(0.0, 0.0), (12.0, 70.0), (15.0, -120.0)])
@@ -230,7 +231,7 @@ def _lrf(
         heavy_tail_scale_m=jnp.float32(tail),
         dropout_prob=jnp.float32(dropout),
         absent=jnp.asarray(absent),
-        key=k,
+        draws=sample_step_noise(key=k).lrf,
     )
 
 

@@ -46,7 +46,11 @@ def to_params(gains: Gains):
     gains = eqx.tree_at(
         lambda g: g.altitude_breakpoints_m, gains, replace=None, is_leaf=lambda x: x is None
     )
-    return jax.tree_util.tree_map_with_path(lambda p, x: x if _signed(p) else jnp.log(x), gains)
+    # Strongly typed leaves: a weakly typed scalar (``jnp.asarray(1.0)``) would become float32
+    # after Adam's first update and the training step would be traced a second time.
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: jnp.asarray(x if _signed(p) else jnp.log(x), dtype=float), gains
+    )
 
 
 def from_params(params, breakpoints_m) -> Gains:
