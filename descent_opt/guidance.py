@@ -129,15 +129,19 @@ class _Column(eqx.Module):
     def of(cls, values: Float[Array, " k"], breakpoints_m: Float[Array, " k"]) -> "_Column":
         return cls(values[0], jnp.diff(values) / jnp.diff(breakpoints_m))
 
-    def value(self, ramps: tuple) -> Float[Array, "*b"]:
+    def value(self, ramps) -> Float[Array, "*b"]:
+        if not isinstance(ramps, tuple):
+            return self.start + jnp.sum(self.slopes * ramps, axis=-1)
         out = self.start
         for i, r in enumerate(ramps):
             out = out + self.slopes[i] * r
         return out
 
-    def slope(self, segment: tuple) -> Float[Array, "*b"]:
+    def slope(self, segment) -> Float[Array, "*b"]:
         """Derivative in h: the slope of the segment holding h (as ``jnp.interp``'s, 0
         outside the breakpoints)."""
+        if not isinstance(segment, tuple):
+            return jnp.sum(jnp.where(segment, self.slopes, 0.0), axis=-1)
         out = 0.0
         for i, inside in enumerate(segment):
             out = out + jnp.where(inside, self.slopes[i], 0.0)
@@ -148,7 +152,11 @@ class Schedule(eqx.Module):
     """Gains prepared for flight, once per flight instead of once per step: segment slopes of
     every scheduled column and the time-to-go tables of both envelopes. Each step locates its
     scheduling altitude among the breakpoints once (:meth:`locate`) and every column reuses
-    that; with scalar code under vmap all of it stays population-long arrays."""
+    that.
+
+    ``unrolled``: the segments as separate scalars (under vmap, each one population-long
+    array: the fastest forward flight of large populations) or as one short vector per
+    scenario (a program several times smaller: faster to compile and to differentiate)."""
 
     gains: Gains
     columns: dict[str, _Column]
@@ -156,12 +164,19 @@ class Schedule(eqx.Module):
     tgo_contingency: _Column
     top_rate_nominal_mps: Float[Array, ""]
     top_rate_contingency_mps: Float[Array, ""]
+    unrolled: bool = eqx.field(static=True, default=True)
 
-    def locate(self, height_m) -> tuple[tuple, tuple]:
+    def locate(self, height_m):
         """Clipped ramps ``clip(h - b_i, 0, b_i+1 - b_i)`` and the segment-membership flags
         ``b_i <= h < b_i+1`` (the last segment closed) of a scheduling altitude."""
         bp = self.gains.altitude_breakpoints_m
         k = bp.shape[0]
+        if not self.unrolled:
+            lower, upper = bp[:-1], bp[1:]
+            h = jnp.asarray(height_m)[..., None]
+            last = jnp.arange(k - 1) == k - 2
+            inside = (h >= lower) & ((h < upper) | (last & (h <= upper)))
+            return jnp.clip(h - lower, 0.0, upper - lower), inside
         at_or_above = [height_m >= bp[i] for i in range(k)]
         ramps = tuple(jnp.clip(height_m - bp[i], 0.0, bp[i + 1] - bp[i]) for i in range(k - 1))
         segment = tuple(at_or_above[i] & ~at_or_above[i + 1] for i in range(k - 2)) + (
@@ -170,7 +185,7 @@ class Schedule(eqx.Module):
         return ramps, segment
 
 
-def prepare(gains: Gains) -> Schedule:
+def prepare(gains: Gains, *, unrolled: bool = True) -> Schedule:
     """The flight form of a gain table (differentiable in the gains)."""
     bp = gains.altitude_breakpoints_m
     tgo_n, top_n = _tgo_table(gains.descent_rate_mps, bp)
@@ -182,6 +197,7 @@ def prepare(gains: Gains) -> Schedule:
         tgo_contingency=_Column.of(tgo_c, bp),
         top_rate_nominal_mps=top_n,
         top_rate_contingency_mps=top_c,
+        unrolled=unrolled,
     )
 
 

@@ -44,20 +44,27 @@ def beam_range_m(
     position_m: Vec3,
     beam_direction: Vec3,
     iterations: int = 4,
+    *,
     initial_range_m: Float[Array, "*b"] | None = None,
+    ground_height_m: Float[Array, "*b"] | None = None,
 ) -> Float[Array, "*b"]:
     """Distance along a downward unit ``beam_direction`` from ``position_m`` to the terrain,
-    by fixed-point iteration ``d <- (z - h(xy + d b_xy)) / (-b_z)``, which converges while
-    terrain slope times beam tilt stays below 1. It starts from ``initial_range_m`` (the
-    simulator passes the previous step's range: the beam foot moves little per step) or,
-    when that is None, from the height above the terrain straight below."""
+    by ``iterations`` fixed-point passes ``d <- (z - h(xy + d b_xy)) / (-b_z)``, which
+    converge while terrain slope times beam tilt stays below 1.
+
+    The start is the range to the ground straight below (``ground_height_m``: the terrain
+    height there, evaluated here when not given), or the smaller of that and
+    ``initial_range_m``: the simulator passes the previous step's range, which is already
+    close because the beam foot moves little per step; taking the smaller keeps a start
+    that lagged behind a crater wall from holding on to a far root."""
     px, py, pz = components(position_m)
     bx, by, bz = components(beam_direction)
     down = jnp.maximum(-bz, 1e-3)
-    if initial_range_m is None:
-        distance = jnp.maximum(pz - terrain_lib.height_m(terrain, (px, py)), 0.0) / down
-    else:
-        distance = initial_range_m
+    if ground_height_m is None:
+        ground_height_m = terrain_lib.height_m(terrain, (px, py))
+    distance = jnp.maximum(pz - ground_height_m, 0.0) / down
+    if initial_range_m is not None:
+        distance = jnp.minimum(distance, initial_range_m)
     for _ in range(iterations):
         foot = (px + distance * bx, py + distance * by)
         distance = jnp.maximum(pz - terrain_lib.height_m(terrain, foot), 0.0) / down

@@ -7,14 +7,18 @@ continuously with the gains.
 
 How it is laid out for speed (the model is the same whatever the layout):
 - the step is scalar code (vectors as component tuples, the filter covariance as six
-  entries, crater slots split by :meth:`Terrain.by_slot`), so vmap makes every quantity one
-  population-long array that XLA vectorises and fuses;
+  entries, and with ``unrolled`` crater slots split by :meth:`Terrain.by_slot` and schedule
+  segments as scalars), so vmap makes every quantity one population-long array that XLA
+  vectorises and fuses; ``unrolled=False`` keeps slots and segments as short vectors, which
+  makes a program several times smaller, whose reverse mode XLA runs far faster;
 - gain-only work (segment slopes, time-to-go tables) is done once per flight
   (:func:`guidance.prepare`) and each step locates its scheduling altitude once;
 - every random number of step t comes from a counter-based stream of the scenario's key
-  (:mod:`descent_opt.noise`): no key splitting in the loop;
-- the LRF ray cast starts from the previous step's range (``beam_iterations`` fixed-point
-  passes per step instead of a fresh search);
+  (:mod:`descent_opt.noise`), drawn for a block of steps at a time, outside the
+  differentiated step;
+- the LRF ray cast starts from the previous step's range or, if smaller, the height above
+  the ground below (already evaluated for touchdown), and makes ``beam_iterations``
+  fixed-point passes (2 terrain evaluations per step instead of 5);
 - time runs in blocks of ``block_steps`` steps, and a block in which every scenario has
   already landed is skipped (exact: landed scenarios are frozen).
 """
@@ -58,6 +62,10 @@ class SimSpec(eqx.Module):
     reject_policy: str = "reacquire"
     gate_softness: float = 0.0  # > 0: sigmoid-weighted gate (for gradients); 0: hard gate
     beam_iterations: int = 2  # LRF ray-cast passes per step, warm-started from the last range
+    # Crater slots and schedule segments as separate scalars (the fastest forward flight of
+    # large populations) or as short vectors (a several times smaller program: faster to
+    # compile and, by far, to differentiate; gain tuning uses it).
+    unrolled: bool = True
     block_steps: int = 20  # steps per block; blocks after everyone has landed are skipped
 
     @property
@@ -110,7 +118,7 @@ class _Flight(eqx.Module):
     key_words: tuple[UInt32[Array, "*b"], UInt32[Array, "*b"]]
 
     @classmethod
-    def of(cls, scenarios: Scenario) -> "_Flight":
+    def of(cls, scenarios: Scenario, unrolled: bool) -> "_Flight":
         return cls(
             position0_m=components(scenarios.position0_m),
             velocity0_mps=components(scenarios.velocity0_mps),
@@ -119,7 +127,7 @@ class _Flight(eqx.Module):
             nav_velocity_error_mps=components(scenarios.nav_velocity_error_mps),
             imu_bias_mps2=components(scenarios.imu_bias_mps2),
             faults=scenarios.faults,
-            terrain=scenarios.terrain.by_slot(),
+            terrain=scenarios.terrain.by_slot() if unrolled else scenarios.terrain,
             key_words=noise.key_words(scenarios.key),
         )
 
@@ -161,10 +169,16 @@ def _initial_carry(spec: SimSpec, flight: _Flight) -> _Carry:
     )
 
 
-def _step(spec: SimSpec, schedule: Schedule, flight: _Flight, carry: _Carry, index):
+def _step(
+    spec: SimSpec,
+    schedule: Schedule,
+    flight: _Flight,
+    carry: _Carry,
+    index,
+    draws: noise.StepNoise,
+):
     dt = spec.dt_s
     gains = schedule.gains
-    draws = noise.step_noise(flight.key_words, index.astype(jnp.uint32))
     faults = flight.faults
     lander = carry.lander
 
@@ -177,6 +191,8 @@ def _step(spec: SimSpec, schedule: Schedule, flight: _Flight, carry: _Carry, ind
     accel = sensors.imu_measure(specific_force, flight.imu_bias_mps2, spec.imu, draws.imu)
     nav = navigation.predict(carry.nav, accel, spec.gravity_mps2, gains.nav, dt)
     axis = dynamics.axis_from_tilt(moved.tilt_rad)
+    x, y, z = moved.position_m
+    ground_m = terrain_lib.height_m(flight.terrain, (x, y))
     stale_position = tuple(
         r - v * faults.latency_s for r, v in zip(moved.position_m, moved.velocity_mps)
     )
@@ -186,6 +202,7 @@ def _step(spec: SimSpec, schedule: Schedule, flight: _Flight, carry: _Carry, ind
         tuple(-a for a in axis),
         spec.beam_iterations,
         initial_range_m=carry.beam_range_m,
+        ground_height_m=ground_m,
     )
     measured, valid = sensors.lrf_measure(
         true_range,
@@ -211,8 +228,7 @@ def _step(spec: SimSpec, schedule: Schedule, flight: _Flight, carry: _Carry, ind
         spec.gate_softness,
     )
 
-    x, y, z = moved.position_m
-    height = z - terrain_lib.height_m(flight.terrain, (x, y))
+    height = z - ground_m
     crossing = ~carry.landed & (height <= 0.0)
     touchdown, fraction = dynamics.interpolate_touchdown(lander, moved, carry.height_m, height)
     after = jax.tree.map(
@@ -257,20 +273,26 @@ def _step(spec: SimSpec, schedule: Schedule, flight: _Flight, carry: _Carry, ind
 def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
     """Population-level time loop; returns the final carry and (with ``keep_trace``) the
     per-step traces with time first."""
-    schedule = prepare(gains)
-    flight = _Flight.of(scenarios)
-    step = jax.vmap(lambda f, c, i: _step(spec, schedule, f, c, i), in_axes=(0, 0, None))
+    schedule = prepare(gains, unrolled=spec.unrolled)
+    flight = _Flight.of(scenarios, spec.unrolled)
+    step = jax.vmap(lambda f, c, i, d: _step(spec, schedule, f, c, i, d), in_axes=(0, 0, None, 0))
     carry = jax.vmap(lambda f: _initial_carry(spec, f))(flight)
     steps = jnp.arange(spec.n_steps)
 
-    if keep_trace:
-        return jax.lax.scan(lambda c, i: step(flight, c, i), carry, steps)
+    def draws(indices):
+        """The population's random draws for the steps ``indices`` (time first)."""
+        per_step = jax.vmap(noise.step_noise, in_axes=(0, None))
+        return jax.vmap(per_step, in_axes=(None, 0))(flight.key_words, indices.astype(jnp.uint32))
 
-    # Reverse mode keeps only the carry of each step and recomputes the step.
-    body = jax.checkpoint(lambda c, i: (step(flight, c, i)[0], None))
+    if keep_trace:
+        return jax.lax.scan(lambda c, x: step(flight, c, *x), carry, (steps, draws(steps)))
+
+    # Reverse mode keeps only the carry of each step and recomputes the step; the draws are
+    # drawn once per block, outside the differentiated step.
+    body = jax.checkpoint(lambda c, x: (step(flight, c, *x)[0], None))
 
     def run(c, indices):
-        return jax.lax.scan(body, c, indices)[0]
+        return jax.lax.scan(body, c, (indices, draws(indices)))[0]
 
     def block(c, indices):
         return jax.lax.cond(jnp.all(c.landed), lambda c_, _: c_, run, c, indices), None

@@ -5,9 +5,8 @@ step of the fault catalog) is one :class:`Terrain` with a fixed number of crater
 populations of different terrains vmap together. Unused slots have zero depth and rim.
 The landing target sits at the origin on height 0.
 
-:func:`height_m` loops over the slots in Python and indexes components, so it takes a terrain
-either as arrays (slot axis last) or split per slot (:meth:`Terrain.by_slot`, what the
-simulator flies: one population-long array per slot and field).
+:func:`height_m` takes a terrain either with slot arrays or split per slot
+(:meth:`Terrain.by_slot`: under vmap, one population-long array per slot and field).
 """
 
 from __future__ import annotations
@@ -79,9 +78,21 @@ def crater_profile(
 
 def height_m(terrain: Terrain, xy_m) -> Float[Array, "*batch"]:
     """Terrain height at horizontal position ``xy_m`` (a pair of components or a ``(2,)``
-    array)."""
+    array). A terrain split by slot is evaluated one slot at a time (unrolled scalar code);
+    one with slot arrays (no batch axis) in one vector expression."""
     x, y = components(xy_m, 2)
     height = terrain.offset_m + terrain.slope[0] * x + terrain.slope[1] * y
+    if not isinstance(terrain.crater_radius_m, tuple):
+        center = terrain.crater_center_m
+        return height + jnp.sum(
+            crater_profile(
+                hypot(x - center[:, 0], y - center[:, 1]),
+                terrain.crater_radius_m,
+                terrain.crater_depth_m,
+                terrain.crater_rim_m,
+                terrain.crater_floor_frac,
+            )
+        )
     for i in range(terrain.n_slots):
         center = terrain.crater_center_m[i]
         height = height + crater_profile(

@@ -114,7 +114,7 @@ def tune_gains(
 ) -> tuple[Gains, dict[str, np.ndarray]]:
     """Minimise the population risk over the gains; returns the tuned (averaged) gains and
     the per-step history of the objective and its parts."""
-    spec = eqx.tree_at(lambda s: s.gate_softness, spec, train.gate_softness)
+    spec = eqx.tree_at(lambda s: (s.gate_softness, s.unrolled), spec, (train.gate_softness, False))
     breakpoints = initial.altitude_breakpoints_m
     params = to_params(initial)
     mean = params

@@ -24,11 +24,12 @@ a population simulator:
   draw. The streams cannot match JAX's, so the two implementations agree in distribution,
   not sample by sample.
 
-The LRF ray cast is warm-started: the range found at the previous step seeds
-``beam_iterations`` fixed-point iterations from the stale (latency-delayed) position along
-the new thrust axis; at the start the beam is vertical and the seed is the true initial
-height. The time loop stops as soon as every scenario has landed (outcomes are frozen from
-then on); throughput is always counted over the nominal horizon.
+The LRF ray cast is warm-started: the smaller of the range found at the previous step and
+the range to the ground straight below seeds ``beam_iterations`` fixed-point iterations from
+the stale (latency-delayed) position along the new thrust axis; at the start the beam is
+vertical and the seed is the true initial height. The time loop stops as soon as every
+scenario has landed (outcomes are frozen from then on); throughput is always counted over the
+nominal horizon.
 
 Nothing here imports JAX: :func:`scenarios_to_numpy` and :func:`model_from_spec` read the JAX
 objects through ``numpy.asarray`` and attribute access, so worker processes of
@@ -500,6 +501,7 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
     foot_x = np.empty(n, dtype)
     foot_y = np.empty(n, dtype)
     ground_buf = np.empty(n, dtype)
+    ground_here = np.empty(n, dtype)
     rate_hz = np.dtype(dtype).type(m.lrf_rate_hz)
     dt_typed = np.dtype(dtype).type(dt)
 
@@ -640,6 +642,13 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
         sy = new_py - new_vy * latency
         sz = new_pz - new_vz * latency
         inv_down = 1.0 / np.maximum(az, 1e-3)
+        # Start: the smaller of the previous range and the range to the ground straight
+        # below (that height is reused for touchdown).
+        terrain.height(new_px, new_py, ground_here)
+        np.subtract(sz, ground_here, out=foot_x)
+        np.maximum(foot_x, 0.0, out=foot_x)
+        foot_x *= inv_down
+        np.minimum(beam, foot_x, out=beam)
         for _ in range(m.beam_iterations):
             np.multiply(beam, ax, out=foot_x)
             np.subtract(sx, foot_x, out=foot_x)
@@ -718,8 +727,7 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
             accepted = np.zeros(n, bool)
 
         # ---- touchdown ----------------------------------------------------------------
-        terrain.height(new_px, new_py, ground_buf)
-        new_height = new_pz - ground_buf
+        new_height = new_pz - ground_here
         crossing = new_height <= 0.0
         crossing &= ~landed
         exhausted |= (new_mass <= dry_limit) & ~landed & ~crossing
