@@ -228,23 +228,23 @@ def thrust_command(
     contingency = in_contingency(nav, spec)
     nominal = columns["descent_rate_mps"]
     fallback = columns["contingency_descent_rate_mps"]
+    above = jnp.maximum(h_sched - gains.altitude_breakpoints_m[-1], 0.0)
     rate = jnp.where(contingency, fallback.value(ramps), nominal.value(ramps))
     slope = jnp.where(contingency, fallback.slope(segment), nominal.slope(segment))
+    loop_gain = columns["descent_rate_gain_per_s"].value(ramps)
+    tgo = jnp.where(
+        contingency,
+        schedule.tgo_contingency.value(ramps) + above / schedule.top_rate_contingency_mps,
+        schedule.tgo_nominal.value(ramps) + above / schedule.top_rate_nominal_mps,
+    )
+    position_gain = columns["zem_gain"].value(ramps)
+    velocity_gain = columns["zev_gain"].value(ramps)
     vz = nav.velocity_mps[2]
     # Feedforward rate * d(rate)/dh is the deceleration that follows the envelope exactly.
-    loop_gain = columns["descent_rate_gain_per_s"].value(ramps)
     accel_z = gravity_mps2 + rate * slope + loop_gain * (-rate - vz)
-
-    above = jnp.maximum(h_sched - gains.altitude_breakpoints_m[-1], 0.0)
-    tgo_nominal = schedule.tgo_nominal.value(ramps) + above / schedule.top_rate_nominal_mps
-    tgo_contingency = (
-        schedule.tgo_contingency.value(ramps) + above / schedule.top_rate_contingency_mps
-    )
-    tgo = jnp.clip(
-        jnp.where(contingency, tgo_contingency, tgo_nominal), gains.tgo_min_s, spec.tgo_max_s
-    )
-    position_gain = columns["zem_gain"].value(ramps) / tgo**2
-    velocity_gain = columns["zev_gain"].value(ramps) / tgo
+    tgo = jnp.clip(tgo, gains.tgo_min_s, spec.tgo_max_s)
+    position_gain = position_gain / tgo**2
+    velocity_gain = velocity_gain / tgo
     accel_h = []
     for r, v in zip(nav.position_m[:2], nav.velocity_mps[:2]):
         zem, zev = -(r + v * tgo), -v

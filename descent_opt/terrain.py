@@ -33,35 +33,54 @@ class Terrain(eqx.Module):
     crater_rim_m: Float[Array, " n"]
     crater_floor_frac: Float[Array, " n"]
 
-    @property
-    def n_slots(self) -> int:
-        radius = self.crater_radius_m
-        return len(radius) if isinstance(radius, tuple) else radius.shape[-1]
+    def by_slot(self) -> "SlotTerrain":
+        """The same terrain prepared for scalar code: one entry per crater slot (leading
+        batch axes kept) and the per-crater reciprocals computed once."""
 
-    def by_slot(self) -> "Terrain":
-        """The same terrain with the slot axis split into per-slot components (a tuple per
-        field; leading batch axes kept), and the slope into its two components."""
-        if isinstance(self.crater_radius_m, tuple):
-            return self
-
-        def split(a, axis):
+        def split(a, axis=-1):
             return tuple(jnp.moveaxis(a, axis, 0))
 
-        centers = split(self.crater_center_m, -2)
-        return Terrain(
+        radius, floor = self.crater_radius_m, self.crater_floor_frac
+        return SlotTerrain(
             slope=components(self.slope, 2),
             offset_m=self.offset_m,
-            crater_center_m=tuple(components(c, 2) for c in centers),
-            crater_radius_m=split(self.crater_radius_m, -1),
-            crater_depth_m=split(self.crater_depth_m, -1),
-            crater_rim_m=split(self.crater_rim_m, -1),
-            crater_floor_frac=split(self.crater_floor_frac, -1),
+            center_x_m=split(self.crater_center_m[..., 0]),
+            center_y_m=split(self.crater_center_m[..., 1]),
+            inverse_radius_per_m=split(1.0 / radius),
+            depth_m=split(self.crater_depth_m),
+            rim_m=split(self.crater_rim_m),
+            floor_frac=split(floor),
+            inverse_wall_width=split(1.0 / (1.0 - floor)),
         )
+
+
+class SlotTerrain(eqx.Module):
+    """A :class:`Terrain` split by crater slot, each field a tuple with one entry per slot,
+    with ``1 / radius`` and ``1 / (1 - floor_frac)`` precomputed. Under vmap every entry is
+    one population-long array, and the height is scalar code free of divisions (a division
+    ends an XLA CPU fusion, so divisions per slot meant dozens of extra passes per step)."""
+
+    slope: tuple
+    offset_m: Float[Array, "*batch"]
+    center_x_m: tuple
+    center_y_m: tuple
+    inverse_radius_per_m: tuple
+    depth_m: tuple
+    rim_m: tuple
+    floor_frac: tuple
+    inverse_wall_width: tuple
 
 
 def _smoothstep(t):
     t = jnp.clip(t, 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
+
+
+def _profile(x, depth_m, rim_m, floor_frac, inverse_wall_width):
+    """:func:`crater_profile` at ``x`` = distance / radius."""
+    wall = -depth_m + (depth_m + rim_m) * _smoothstep((x - floor_frac) * inverse_wall_width)
+    outside = rim_m * jnp.exp(-(((x - 1.0) * (1.0 / 0.3)) ** 2))
+    return jnp.where(x < 1.0, wall, outside)
 
 
 def crater_profile(
@@ -70,19 +89,16 @@ def crater_profile(
     """Height of one crater relative to the surrounding datum: flat floor at ``-depth``
     inside ``floor_frac * radius``, a smooth wall up to the rim crest ``rim`` at ``radius``,
     and ejecta decaying to the datum by about 1.6 radii. Continuous with a continuous slope."""
-    x = distance_m / radius_m
-    wall = -depth_m + (depth_m + rim_m) * _smoothstep((x - floor_frac) / (1.0 - floor_frac))
-    outside = rim_m * jnp.exp(-(((x - 1.0) / 0.3) ** 2))
-    return jnp.where(x < 1.0, wall, outside)
+    return _profile(distance_m / radius_m, depth_m, rim_m, floor_frac, 1.0 / (1.0 - floor_frac))
 
 
-def height_m(terrain: Terrain, xy_m) -> Float[Array, "*batch"]:
+def height_m(terrain: Terrain | SlotTerrain, xy_m) -> Float[Array, "*batch"]:
     """Terrain height at horizontal position ``xy_m`` (a pair of components or a ``(2,)``
-    array). A terrain split by slot is evaluated one slot at a time (unrolled scalar code);
-    one with slot arrays (no batch axis) in one vector expression."""
+    array). A :class:`SlotTerrain` is evaluated one slot at a time (unrolled scalar code); a
+    :class:`Terrain` (slot arrays, no batch axis) in one vector expression."""
     x, y = components(xy_m, 2)
     height = terrain.offset_m + terrain.slope[0] * x + terrain.slope[1] * y
-    if not isinstance(terrain.crater_radius_m, tuple):
+    if isinstance(terrain, Terrain):
         center = terrain.crater_center_m
         return height + jnp.sum(
             crater_profile(
@@ -93,14 +109,14 @@ def height_m(terrain: Terrain, xy_m) -> Float[Array, "*batch"]:
                 terrain.crater_floor_frac,
             )
         )
-    for i in range(terrain.n_slots):
-        center = terrain.crater_center_m[i]
-        height = height + crater_profile(
-            hypot(x - center[0], y - center[1]),
-            terrain.crater_radius_m[i],
-            terrain.crater_depth_m[i],
-            terrain.crater_rim_m[i],
-            terrain.crater_floor_frac[i],
+    for i in range(len(terrain.depth_m)):
+        distance = hypot(x - terrain.center_x_m[i], y - terrain.center_y_m[i])
+        height = height + _profile(
+            distance * terrain.inverse_radius_per_m[i],
+            terrain.depth_m[i],
+            terrain.rim_m[i],
+            terrain.floor_frac[i],
+            terrain.inverse_wall_width[i],
         )
     return height
 
