@@ -209,6 +209,48 @@ def in_contingency(nav: NavState, spec: GuidanceSpec) -> Bool[Array, "*b"]:
     )
 
 
+class Scheduled(eqx.Module):
+    """The gain table read at one navigation state: the active envelope's rate and slope,
+    the loop gain, the clipped time to go and the ZEM/ZEV gains, and the contingency flag."""
+
+    rate_mps: Scalar
+    slope_per_s: Scalar
+    loop_gain_per_s: Scalar
+    tgo_s: Scalar
+    zem_gain: Scalar
+    zev_gain: Scalar
+    contingency: Bool[Array, "*b"]
+
+
+def scheduled(schedule: Schedule, spec: GuidanceSpec, nav: NavState) -> Scheduled:
+    """Every scheduled column at the conservative altitude ``h_est - k sigma_h``, with the
+    contingency envelope when the LRF has been silent too long."""
+    gains = schedule.gains
+    h_sched = jnp.maximum(
+        nav.position_m[2] - gains.altitude_margin_sigma * nav.altitude_sigma_m, 0.0
+    )
+    ramps, segment = schedule.locate(h_sched)
+    columns = schedule.columns
+    contingency = in_contingency(nav, spec)
+    nominal = columns["descent_rate_mps"]
+    fallback = columns["contingency_descent_rate_mps"]
+    above = jnp.maximum(h_sched - gains.altitude_breakpoints_m[-1], 0.0)
+    tgo = jnp.where(
+        contingency,
+        schedule.tgo_contingency.value(ramps) + above / schedule.top_rate_contingency_mps,
+        schedule.tgo_nominal.value(ramps) + above / schedule.top_rate_nominal_mps,
+    )
+    return Scheduled(
+        rate_mps=jnp.where(contingency, fallback.value(ramps), nominal.value(ramps)),
+        slope_per_s=jnp.where(contingency, fallback.slope(segment), nominal.slope(segment)),
+        loop_gain_per_s=columns["descent_rate_gain_per_s"].value(ramps),
+        tgo_s=jnp.clip(tgo, gains.tgo_min_s, spec.tgo_max_s),
+        zem_gain=columns["zem_gain"].value(ramps),
+        zev_gain=columns["zev_gain"].value(ramps),
+        contingency=contingency,
+    )
+
+
 def thrust_command(
     schedule: Schedule,
     spec: GuidanceSpec,
@@ -219,32 +261,19 @@ def thrust_command(
 ) -> Vec3:
     """Commanded thrust vector (N) from the navigation estimate (``schedule``: the gains
     prepared by :func:`prepare`)."""
-    gains = schedule.gains
-    h_est = nav.position_m[2]
-    h_sched = jnp.maximum(h_est - gains.altitude_margin_sigma * nav.altitude_sigma_m, 0.0)
-    ramps, segment = schedule.locate(h_sched)
-    columns = schedule.columns
+    return command_from(scheduled(schedule, spec, nav), vehicle, nav, mass_kg, gravity_mps2)
 
-    contingency = in_contingency(nav, spec)
-    nominal = columns["descent_rate_mps"]
-    fallback = columns["contingency_descent_rate_mps"]
-    above = jnp.maximum(h_sched - gains.altitude_breakpoints_m[-1], 0.0)
-    rate = jnp.where(contingency, fallback.value(ramps), nominal.value(ramps))
-    slope = jnp.where(contingency, fallback.slope(segment), nominal.slope(segment))
-    loop_gain = columns["descent_rate_gain_per_s"].value(ramps)
-    tgo = jnp.where(
-        contingency,
-        schedule.tgo_contingency.value(ramps) + above / schedule.top_rate_contingency_mps,
-        schedule.tgo_nominal.value(ramps) + above / schedule.top_rate_nominal_mps,
-    )
-    position_gain = columns["zem_gain"].value(ramps)
-    velocity_gain = columns["zev_gain"].value(ramps)
+
+def command_from(
+    at: Scheduled, vehicle: Vehicle, nav: NavState, mass_kg: Scalar, gravity_mps2: float
+) -> Vec3:
+    """Commanded thrust vector (N) from the gains read at the navigation state ``nav``."""
     vz = nav.velocity_mps[2]
     # Feedforward rate * d(rate)/dh is the deceleration that follows the envelope exactly.
-    accel_z = gravity_mps2 + rate * slope + loop_gain * (-rate - vz)
-    tgo = jnp.clip(tgo, gains.tgo_min_s, spec.tgo_max_s)
-    position_gain = position_gain / tgo**2
-    velocity_gain = velocity_gain / tgo
+    accel_z = gravity_mps2 + at.rate_mps * at.slope_per_s + at.loop_gain_per_s * (-at.rate_mps - vz)
+    tgo = at.tgo_s
+    position_gain = at.zem_gain / tgo**2
+    velocity_gain = at.zev_gain / tgo
     accel_h = []
     for r, v in zip(nav.position_m[:2], nav.velocity_mps[:2]):
         zem, zev = -(r + v * tgo), -v

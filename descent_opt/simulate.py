@@ -38,9 +38,10 @@ from descent_opt.guidance import (
     Gains,
     GuidanceSpec,
     Schedule,
-    in_contingency,
+    Scheduled,
+    command_from,
     prepare,
-    thrust_command,
+    scheduled,
 )
 from descent_opt.scenarios import Scenario
 
@@ -141,9 +142,13 @@ class _Carry(eqx.Module):
     exhausted: Bool[Array, "*b"]
     first_accept_height_m: Scalar
     beam_range_m: Scalar  # last LRF ray-cast range: the next step's starting point
+    # The gain table read at the current filter state, for the next command. Read at the end
+    # of each step (carried values are computed once; read where they are used, XLA CPU
+    # recomputed the whole schedule in each of the fusions that consumed it).
+    scheduled: Scheduled
 
 
-def _initial_carry(spec: SimSpec, flight: _Flight) -> _Carry:
+def _initial_carry(spec: SimSpec, schedule: Schedule, flight: _Flight) -> _Carry:
     lander = dynamics.initial_state(
         spec.vehicle, flight.position0_m, flight.velocity0_mps, flight.mass0_kg
     )
@@ -166,6 +171,7 @@ def _initial_carry(spec: SimSpec, flight: _Flight) -> _Carry:
         exhausted=jnp.zeros_like(height, dtype=bool),
         first_accept_height_m=zero - 1.0,
         beam_range_m=jnp.maximum(height, 0.0),  # the axis starts vertical
+        scheduled=scheduled(schedule, spec.guidance, nav),
     )
 
 
@@ -182,9 +188,9 @@ def _step(
     faults = flight.faults
     lander = carry.lander
 
-    contingency = in_contingency(carry.nav, spec.guidance)
-    command = thrust_command(
-        schedule, spec.guidance, spec.vehicle, carry.nav, lander.mass_kg, spec.gravity_mps2
+    contingency = carry.scheduled.contingency
+    command = command_from(
+        carry.scheduled, spec.vehicle, carry.nav, lander.mass_kg, spec.gravity_mps2
     )
     moved, specific_force = dynamics.step(spec.vehicle, lander, command, spec.gravity_mps2, dt)
 
@@ -252,6 +258,7 @@ def _step(
             carry.first_accept_height_m,
         ),
         beam_range_m=true_range,
+        scheduled=scheduled(schedule, spec.guidance, nav),
     )
     trace = Trace(
         time_s=(index + 1) * dt,
@@ -276,7 +283,7 @@ def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
     schedule = prepare(gains, unrolled=spec.unrolled)
     flight = _Flight.of(scenarios, spec.unrolled)
     step = jax.vmap(lambda f, c, i, d: _step(spec, schedule, f, c, i, d), in_axes=(0, 0, None, 0))
-    carry = jax.vmap(lambda f: _initial_carry(spec, f))(flight)
+    carry = jax.vmap(lambda f: _initial_carry(spec, schedule, f))(flight)
     steps = jnp.arange(spec.n_steps)
 
     def draws(indices):

@@ -1,0 +1,481 @@
+"""descent_opt benchmark suite: closed-loop throughput against NumPy, gradient cost, compile
+time, thrust schedules against cvxpy + Clarabel, and the main job's wall time.
+
+    python experiments/bench/bench.py [--quick] --out DIR [--skip SECTION ...]
+
+Writes ``DIR/bench.json`` and ``DIR/bench.md``. Sections (``--skip`` any of them):
+
+- ``closed_loop``: forward closed loop (default configuration: crater field, realistic
+  faults, default gains, 720 steps of 0.25 s) in scenario-steps per second, counted over the
+  nominal horizon, for ``descent_opt.simulate.simulate`` and for the independent NumPy
+  implementation in ``numpy_closed_loop.py`` on one process and on all cores (one process
+  per core), on the same population, in the same run. The ratio is against the all-core
+  NumPy figure. Full: 1,024 to 1,048,576 scenarios; ``--quick``: 4,096 and 65,536.
+- ``grad``: value and gradient of the training objective (``population_risk`` as gain
+  tuning builds it: compact layout, soft gate) against population and horizon: best wall
+  time of three after compiling, and the program's memory from XLA's buffer assignment.
+- ``compile``: cold compilation (fresh process, no persistent cache) of the main job's
+  programs: the training step, the held-out evaluation and the replay traces.
+- ``thrust_schedule``: ``thrust_schedule_bench.run`` (batched interior point against cvxpy
+  + Clarabel, one process per core, one solve per final time).
+- ``main_job``: ``python -m descent_opt +experiment=robust_gains`` end to end in a fresh
+  process; its ``wall_time_s``.
+- ``roofline``: XLA's cost analysis of one closed-loop step and what an H100 would make of
+  it (see the README).
+
+Timings on a shared machine drift; the ratios are measured within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+SECTIONS = ("closed_loop", "grad", "compile", "thrust_schedule", "main_job", "roofline")
+H100 = {"name": "NVIDIA H100 SXM", "bandwidth_bytes_per_s": 3.35e12, "fp32_flops_per_s": 67e12}
+
+
+def machine() -> dict:
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gb = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def closed_loop(populations: list[int], repeats: int, numpy_repeats: int) -> dict:
+    """Forward throughput of JAX and of the NumPy peer (1 process and all cores)."""
+    import jax
+    import numpy_closed_loop as peer
+
+    import descent_opt
+    from descent_opt.guidance import default_gains
+    from descent_opt.robust_gains import make_sampler
+    from descent_opt.simulate import simulate
+
+    config = descent_opt.load_config([])
+    spec = config.sim
+    gains = default_gains(config.altitude_breakpoints_m)
+    model = peer.model_from_spec(spec, gains)
+    sampler = make_sampler(config, config.faults)
+    steps = spec.n_steps
+    cores = os.cpu_count() or 1
+    rows = []
+    with peer.NumpyPool(cores) as pool:
+        for n in populations:
+            scenarios = sampler(jax.random.key(0), n)
+            population = peer.scenarios_to_numpy(scenarios)
+
+            def fly(scenarios=scenarios):
+                jax.block_until_ready(simulate(spec, gains, scenarios))
+
+            start = time.perf_counter()
+            fly()
+            first_s = time.perf_counter() - start
+            jax_s = _best(fly, repeats)
+            one_s = _best(
+                lambda p=population: peer.simulate_numpy(model, None, p, seed=1), numpy_repeats
+            )
+            all_s = min(
+                pool.simulate(model, None, population, seed=1)[1] for _ in range(numpy_repeats)
+            )
+            row = {
+                "population": n,
+                "jax_steps_per_s": n * steps / jax_s,
+                "numpy_steps_per_s": n * steps / all_s,
+                "numpy_1_process_steps_per_s": n * steps / one_s,
+                "numpy_processes": cores,
+                "speedup_vs_numpy": all_s / jax_s,
+                "speedup_vs_numpy_1_process": one_s / jax_s,
+                "jax_first_call_s": first_s,
+            }
+            rows.append(row)
+            print(
+                f"closed loop {n}: jax {row['jax_steps_per_s'] / 1e6:.2f} M/s, numpy "
+                f"{row['numpy_1_process_steps_per_s'] / 1e6:.2f} M/s (1 process), "
+                f"{row['numpy_steps_per_s'] / 1e6:.2f} M/s ({cores} processes): "
+                f"{row['speedup_vs_numpy']:.2f}x",
+                flush=True,
+            )
+            del scenarios, population
+    headline = next((r for r in rows if r["population"] == 65536), rows[-1])
+    keys = ("population", "jax_steps_per_s", "numpy_steps_per_s", "speedup_vs_numpy")
+    return {"closed_loop": {k: headline[k] for k in keys}, "closed_loop_table": rows}
+
+
+def _training_objective(config, n: int, duration_s: float | None = None):
+    """The jitted value-and-gradient of the training objective on ``n`` scenarios, as
+    ``tune_gains`` builds it, with its arguments."""
+    import equinox as eqx
+    import jax
+
+    from descent_opt.guidance import default_gains
+    from descent_opt.optimize.gains import population_risk, to_params
+    from descent_opt.robust_gains import make_sampler
+
+    spec = eqx.tree_at(
+        lambda s: (s.gate_softness, s.unrolled), config.sim, (config.optimizer.gate_softness, False)
+    )
+    if duration_s is not None:
+        spec = eqx.tree_at(lambda s: s.duration_s, spec, duration_s)
+    gains = default_gains(config.altitude_breakpoints_m)
+    scenarios = make_sampler(config, config.faults)(jax.random.key(1), n)
+
+    def objective(params, scenarios):
+        return population_risk(
+            params, gains.altitude_breakpoints_m, spec, scenarios, config.success, config.objective
+        )
+
+    value_and_grad = jax.jit(lambda p, s: eqx.filter_value_and_grad(objective, has_aux=True)(p, s))
+    return value_and_grad, (to_params(gains), scenarios), spec.n_steps
+
+
+def grad(populations: list[int], horizons_s: list[float], repeats: int) -> dict:
+    """Value-and-gradient time and memory of the training objective."""
+    import jax
+
+    import descent_opt
+
+    config = descent_opt.load_config([])
+    cases = [(n, config.sim.duration_s) for n in populations]
+    cases += [(populations[0], h) for h in horizons_s if h != config.sim.duration_s]
+    rows = []
+    for n, horizon in cases:
+        fn, args, steps = _training_objective(config, n, horizon)
+        compiled = fn.lower(*args).compile()
+        memory = compiled.memory_analysis()
+        jax.block_until_ready(compiled(*args))
+        wall = _best(lambda c=compiled, a=args: jax.block_until_ready(c(*a)), repeats)
+        program_bytes = None
+        if memory is not None:
+            program_bytes = int(
+                memory.temp_size_in_bytes
+                + memory.argument_size_in_bytes
+                + memory.output_size_in_bytes
+            )
+        rows.append(
+            {
+                "population": n,
+                "horizon_s": horizon,
+                "steps": steps,
+                "value_and_grad_s": wall,
+                "scenario_steps_per_s": n * steps / wall,
+                "program_memory_mb": None if program_bytes is None else program_bytes / 2**20,
+            }
+        )
+        print(f"grad {n} x {horizon:g} s: {wall:.3f} s, {rows[-1]['program_memory_mb']} MB")
+    return {"grad": rows}
+
+
+_COMPILE_PROBE = """
+import json, time
+import jax, equinox as eqx
+import descent_opt
+from descent_opt.guidance import default_gains
+from descent_opt.optimize import gains as tuning
+from descent_opt.robust_gains import make_sampler, m2_replay_scenario
+from descent_opt.simulate import simulate, simulate_traces
+
+config = descent_opt.load_config(["+experiment=robust_gains"])
+gains = default_gains(config.altitude_breakpoints_m)
+train = config.optimizer
+spec = eqx.tree_at(
+    lambda s: (s.gate_softness, s.unrolled), config.sim, (train.gate_softness, False)
+)
+sampler = make_sampler(config, config.faults)
+params = tuning.to_params(gains)
+opt_state = tuning._optimizer(train).init(params)
+out = {}
+start = time.perf_counter()
+tuning._train_step.lower(train, spec, config.success, config.objective, sampler,
+    gains.altitude_breakpoints_m, params, opt_state, params, jax.random.key(0)).compile()
+out["training_step_s"] = time.perf_counter() - start
+heldout = sampler(jax.random.key(1), config.evaluation.n_scenarios)
+start = time.perf_counter()
+simulate.lower(config.sim, gains, heldout).compile()
+out["evaluation_s"] = time.perf_counter() - start
+start = time.perf_counter()
+simulate_traces.lower(config.sim, gains, m2_replay_scenario(config)).compile()
+out["replay_traces_s"] = time.perf_counter() - start
+out["total_s"] = sum(out.values())
+print(json.dumps(out))
+"""
+
+
+def compile_times() -> dict:
+    """Cold compile of the main job's programs, in a fresh process."""
+    env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_PROBE], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"compile probe failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"compile (cold): {result}")
+    return {"compile_s": result}
+
+
+def main_job() -> dict:
+    """The main job end to end in a fresh process; returns its ``wall_time_s``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "descent_opt",
+                "+experiment=robust_gains",
+                "progress=false",
+                f"hydra.run.dir={tmp}",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        elapsed = time.perf_counter() - start
+        if done.returncode != 0:
+            raise RuntimeError(f"main job failed:\n{done.stderr[-2000:]}")
+        metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+    result = {
+        "main_job_s": metrics["wall_time_s"],
+        "main_job_process_s": elapsed,
+        "main_job_success_rate": metrics["optimized"]["success_rate"],
+        "main_job_m2_replay_mps": metrics["m2_replay"]["optimized"]["touchdown_speed_mps"],
+    }
+    print(f"main job: {result}")
+    return result
+
+
+def roofline(population: int = 65536) -> dict:
+    """Work of one closed-loop step per scenario from XLA's cost analysis, and the H100's
+    bound on it: the memory a step must move at least (the carried state in and out, the
+    step's random draws) against HBM bandwidth, the floating-point work against fp32 peak."""
+    import jax
+    import jax.numpy as jnp
+
+    import descent_opt
+    from descent_opt import noise
+    from descent_opt import simulate as sim
+    from descent_opt.guidance import default_gains, prepare
+    from descent_opt.robust_gains import make_sampler
+
+    config = descent_opt.load_config([])
+    spec = config.sim
+    gains = default_gains(config.altitude_breakpoints_m)
+    scenarios = make_sampler(config, config.faults)(jax.random.key(0), population)
+    flight = sim._Flight.of(scenarios, spec.unrolled)
+    carry = jax.vmap(lambda f: sim._initial_carry(spec, f))(flight)
+    draws = jax.vmap(noise.step_noise, in_axes=(0, None))(flight.key_words, jnp.uint32(300))
+
+    def one_step(gains, flight, carry, draws):
+        schedule = prepare(gains, unrolled=spec.unrolled)
+        step = jax.vmap(lambda f, c, d: sim._step(spec, schedule, f, c, jnp.int32(300), d)[0])
+        return step(flight, carry, draws)
+
+    lowered = jax.jit(one_step).lower(gains, flight, carry, draws)
+    analysis = lowered.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    flops = float(analysis.get("flops", 0.0)) / population
+    transcendentals = float(analysis.get("transcendentals", 0.0)) / population
+    compiled = lowered.compile().cost_analysis()
+    compiled = compiled[0] if isinstance(compiled, list) else compiled
+    cpu_bytes = float(compiled.get("bytes accessed", 0.0)) / population
+    leaf_bytes = sum(x.dtype.itemsize for x in jax.tree.leaves(jax.tree.map(lambda a: a[0], carry)))
+    draw_bytes = sum(x.dtype.itemsize for x in jax.tree.leaves(jax.tree.map(lambda a: a[0], draws)))
+    minimum_bytes = 2 * leaf_bytes + draw_bytes
+    memory_bound = H100["bandwidth_bytes_per_s"] / minimum_bytes
+    compute_bound = H100["fp32_flops_per_s"] / max(flops + 10.0 * transcendentals, 1.0)
+    result = {
+        "flops_per_scenario_step": flops,
+        "transcendentals_per_scenario_step": transcendentals,
+        "carry_bytes_per_scenario": leaf_bytes,
+        "minimum_bytes_per_scenario_step": minimum_bytes,
+        "cpu_program_bytes_per_scenario_step": cpu_bytes,
+        "gpu": H100["name"],
+        "h100_memory_bound_steps_per_s": memory_bound,
+        "h100_compute_bound_steps_per_s": compute_bound,
+        "h100_bound_steps_per_s": min(memory_bound, compute_bound),
+        "h100_bound_1e6_scenarios_s": 1e6 * spec.n_steps / min(memory_bound, compute_bound),
+    }
+    print(f"roofline: {result}")
+    return {"roofline": result}
+
+
+def _markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        "# descent_opt benchmark",
+        "",
+        f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; "
+        f"jax {m['jax']} ({m['backend']}: {m['device']} x {m['devices']}), numpy {m['numpy']}, "
+        f"Python {m['python']}; command: `{result['command']}`.",
+        "",
+    ]
+    if "closed_loop_table" in result:
+        cores = result["closed_loop_table"][0]["numpy_processes"]
+        lines += [
+            "## Closed loop, forward (M scenario-steps/s)",
+            "",
+            f"| scenarios | JAX | NumPy, 1 process | NumPy, {cores} processes | JAX / NumPy "
+            f"({cores} processes) | JAX / NumPy (1 process) |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["closed_loop_table"]:
+            lines.append(
+                f"| {r['population']:,} | {r['jax_steps_per_s'] / 1e6:.2f} | "
+                f"{r['numpy_1_process_steps_per_s'] / 1e6:.2f} | "
+                f"{r['numpy_steps_per_s'] / 1e6:.2f} | {r['speedup_vs_numpy']:.2f}x | "
+                f"{r['speedup_vs_numpy_1_process']:.2f}x |"
+            )
+        lines.append("")
+    if "grad" in result:
+        lines += [
+            "## Training objective, value and gradient",
+            "",
+            "| scenarios | horizon (s) | time (s) | M scenario-steps/s | program memory (MB) |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["grad"]:
+            mem = "n/a" if r["program_memory_mb"] is None else f"{r['program_memory_mb']:.1f}"
+            lines.append(
+                f"| {r['population']:,} | {r['horizon_s']:g} | {r['value_and_grad_s']:.3f} | "
+                f"{r['scenario_steps_per_s'] / 1e6:.3f} | {mem} |"
+            )
+        lines.append("")
+    if "compile_s" in result:
+        c = result["compile_s"]
+        lines += [
+            "## Compile time of the main job's programs, cold (s)",
+            "",
+            "| training step | held-out evaluation | replay traces | total |",
+            "|---:|---:|---:|---:|",
+            f"| {c['training_step_s']:.1f} | {c['evaluation_s']:.1f} | "
+            f"{c['replay_traces_s']:.1f} | {c['total_s']:.1f} |",
+            "",
+        ]
+    if "thrust_schedule" in result:
+        t = result["thrust_schedule"]
+        lines += [
+            "## Thrust schedules against cvxpy + Clarabel (all cores)",
+            "",
+            "| problems | JAX (problems/s) | cvxpy + Clarabel (problems/s) | speed-up | "
+            "max fuel gap |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {t['problems']:,} | {t['jax_problems_per_s']:.1f} | "
+            f"{t['cvxpy_problems_per_s']:.2f} | {t['speedup']:.1f}x | "
+            f"{100 * t['max_fuel_gap']:+.3f} % |",
+            "",
+        ]
+    if "main_job_s" in result:
+        lines += [
+            "## Main job",
+            "",
+            f"`python -m descent_opt +experiment=robust_gains`: wall_time_s "
+            f"{result['main_job_s']:.1f} s ({result['main_job_process_s']:.1f} s for the "
+            f"process); held-out success of the optimized gains "
+            f"{100 * result['main_job_success_rate']:.2f} %, Mission 2 replay "
+            f"{result['main_job_m2_replay_mps']:.2f} m/s.",
+            "",
+        ]
+    if "roofline" in result:
+        r = result["roofline"]
+        lines += [
+            "## Roofline (one closed-loop step)",
+            "",
+            f"- {r['flops_per_scenario_step']:.0f} flops and "
+            f"{r['transcendentals_per_scenario_step']:.0f} transcendentals per scenario-step "
+            "(XLA cost analysis);",
+            f"- at least {r['minimum_bytes_per_scenario_step']:.0f} bytes per scenario-step "
+            f"(the {r['carry_bytes_per_scenario']:.0f}-byte carried state in and out, plus "
+            "the draws); the CPU program moves "
+            f"{r['cpu_program_bytes_per_scenario_step']:.0f};",
+            f"- {r['gpu']}: memory bound {r['h100_memory_bound_steps_per_s']:.2e}, compute "
+            f"bound {r['h100_compute_bound_steps_per_s']:.2e} scenario-steps/s; 10^6 "
+            f"scenarios x 720 steps in at least {r['h100_bound_1e6_scenarios_s']:.2f} s.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the under-10-minute subset")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    quick = args.quick
+    result: dict = {"machine": machine(), "command": " ".join(["bench.py", *sys.argv[1:]])}
+    started = time.perf_counter()
+    if "closed_loop" not in args.skip:
+        populations = [4096, 65536] if quick else [1024, 4096, 16384, 65536, 262144, 1048576]
+        result.update(closed_loop(populations, repeats=3, numpy_repeats=1 if quick else 2))
+    if "grad" not in args.skip:
+        populations = [128, 1024] if quick else [128, 512, 1024, 4096]
+        horizons = [90.0] if quick else [45.0, 90.0]
+        result.update(grad(populations, horizons, repeats=3))
+    if "compile" not in args.skip:
+        result.update(compile_times())
+    if "thrust_schedule" not in args.skip:
+        import thrust_schedule_bench
+
+        n = thrust_schedule_bench.QUICK_PROBLEMS if quick else 1024
+        result["thrust_schedule"] = thrust_schedule_bench.run(n, n)
+    if "main_job" not in args.skip:
+        result.update(main_job())
+    if "roofline" not in args.skip:
+        result.update(roofline())
+    result["bench_s"] = time.perf_counter() - started
+    (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "bench.md").write_text(_markdown(result))
+    print(
+        f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.md'} ({result['bench_s']:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
