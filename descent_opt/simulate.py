@@ -68,6 +68,9 @@ class SimSpec(eqx.Module):
     # compile and, by far, to differentiate; gain tuning uses it).
     unrolled: bool = True
     block_steps: int = 20  # steps per block; blocks after everyone has landed are skipped
+    # Scenarios flown at a time. None: 4,096 on CPU, where a chunk's state stays in cache
+    # (65,536 at once ran at two thirds of the speed), the whole population on accelerators.
+    chunk_size: int | None = None
 
     @property
     def n_steps(self) -> int:
@@ -327,11 +330,36 @@ def _outcome(spec: SimSpec, scenarios: Scenario, final: _Carry) -> Outcome:
     )
 
 
+def chunk_size(spec: SimSpec, n: int) -> int:
+    """How many scenarios of a population of ``n`` are flown at a time."""
+    if spec.chunk_size is not None:
+        return max(1, min(spec.chunk_size, n))
+    return min(n, 4096) if jax.default_backend() == "cpu" else n
+
+
 @eqx.filter_jit
 def simulate(spec: SimSpec, gains: Gains, scenarios: Scenario) -> Outcome:
-    """Fly every scenario of a population with one set of gains (differentiable in gains)."""
-    final, _ = _fly(spec, gains, scenarios, keep_trace=False)
-    return _outcome(spec, scenarios, final)
+    """Fly every scenario of a population with one set of gains (differentiable in gains).
+    Large populations are flown in chunks (:func:`chunk_size`); outcomes do not depend on
+    the chunking."""
+    n = scenarios.size
+    size = chunk_size(spec, n)
+
+    def fly(population):
+        return _outcome(spec, population, _fly(spec, gains, population, keep_trace=False)[0])
+
+    if size >= n:
+        return fly(scenarios)
+    count = -(-n // size)
+    pad = count * size - n  # the last chunk is filled up with copies of member 0
+
+    def split(x):
+        if pad:
+            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)])
+        return x.reshape((count, size) + x.shape[1:])
+
+    outcomes = jax.lax.map(fly, jax.tree.map(split, scenarios))
+    return jax.tree.map(lambda x: x.reshape((count * size,) + x.shape[2:])[:n], outcomes)
 
 
 @eqx.filter_jit
