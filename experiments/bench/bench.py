@@ -9,8 +9,9 @@ Writes ``DIR/bench.json`` and ``DIR/bench.md``. Sections (``--skip`` any of them
   faults, default gains, 720 steps of 0.25 s) in scenario-steps per second, counted over the
   nominal horizon, for ``descent_opt.simulate.simulate`` and for the independent NumPy
   implementation in ``numpy_closed_loop.py`` on one process and on all cores (one process
-  per core), on the same population, in the same run. The ratio is against the all-core
-  NumPy figure. Full: 1,024 to 1,048,576 scenarios; ``--quick``: 4,096 and 65,536.
+  per core), on the same population, in the same run. The ratio is against the faster of
+  the two NumPy figures (where the cores do not scale, one process wins). Full: 1,024 to
+  1,048,576 scenarios; ``--quick``: 4,096 and 65,536.
 - ``grad``: value and gradient of the training objective (``population_risk`` as gain
   tuning builds it: compact layout, soft gate) against population and horizon: best wall
   time of three after compiling, and the program's memory from XLA's buffer assignment.
@@ -124,22 +125,25 @@ def closed_loop(populations: list[int], repeats: int, numpy_repeats: int) -> dic
             all_s = min(
                 pool.simulate(model, None, population, seed=1)[1] for _ in range(numpy_repeats)
             )
+            peer_s = min(one_s, all_s)  # the peer as its user would run it: the faster
             row = {
                 "population": n,
                 "jax_steps_per_s": n * steps / jax_s,
-                "numpy_steps_per_s": n * steps / all_s,
+                "numpy_steps_per_s": n * steps / peer_s,
                 "numpy_1_process_steps_per_s": n * steps / one_s,
+                "numpy_all_cores_steps_per_s": n * steps / all_s,
                 "numpy_processes": cores,
-                "speedup_vs_numpy": all_s / jax_s,
+                "speedup_vs_numpy": peer_s / jax_s,
                 "speedup_vs_numpy_1_process": one_s / jax_s,
+                "speedup_vs_numpy_all_cores": all_s / jax_s,
                 "jax_first_call_s": first_s,
             }
             rows.append(row)
             print(
                 f"closed loop {n}: jax {row['jax_steps_per_s'] / 1e6:.2f} M/s, numpy "
                 f"{row['numpy_1_process_steps_per_s'] / 1e6:.2f} M/s (1 process), "
-                f"{row['numpy_steps_per_s'] / 1e6:.2f} M/s ({cores} processes): "
-                f"{row['speedup_vs_numpy']:.2f}x",
+                f"{row['numpy_all_cores_steps_per_s'] / 1e6:.2f} M/s ({cores} processes): "
+                f"{row['speedup_vs_numpy']:.2f}x the faster",
                 flush=True,
             )
             del scenarios, population
@@ -361,15 +365,15 @@ def _markdown(result: dict) -> str:
             "## Closed loop, forward (M scenario-steps/s)",
             "",
             f"| scenarios | JAX | NumPy, 1 process | NumPy, {cores} processes | JAX / NumPy "
-            f"({cores} processes) | JAX / NumPy (1 process) |",
+            f"(the faster) | JAX / NumPy ({cores} processes) |",
             "|---:|---:|---:|---:|---:|---:|",
         ]
         for r in result["closed_loop_table"]:
             lines.append(
                 f"| {r['population']:,} | {r['jax_steps_per_s'] / 1e6:.2f} | "
                 f"{r['numpy_1_process_steps_per_s'] / 1e6:.2f} | "
-                f"{r['numpy_steps_per_s'] / 1e6:.2f} | {r['speedup_vs_numpy']:.2f}x | "
-                f"{r['speedup_vs_numpy_1_process']:.2f}x |"
+                f"{r['numpy_all_cores_steps_per_s'] / 1e6:.2f} | "
+                f"{r['speedup_vs_numpy']:.2f}x | {r['speedup_vs_numpy_all_cores']:.2f}x |"
             )
         lines.append("")
     if "grad" in result:
