@@ -365,9 +365,9 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         gravity_mps2=gravity,
         glide_slope_deg=ts.number("glide_slope_deg", 0.0, lo=0.0, hi=89.0),
         n_nodes=ts.number("n_nodes", 50, lo=2, hi=1000, integer=True),
-        tf_grid=ts.number("tf_grid", 5, lo=2, hi=100, integer=True),
-        tf_search=ts.number("tf_search", 12, lo=0, hi=100, integer=True),
-        refine=ts.number("refine", 1, lo=0, hi=20, integer=True),
+        tf_steps=ts.number("tf_steps", 8, lo=1, hi=100, integer=True),
+        tf_rtol=ts.number("tf_rtol", 5e-4, lo=0.0, lo_open=True, hi=0.5),
+        refine=ts.number("refine", 0, lo=0, hi=20, integer=True),
         ipm_iterations=ts.number("ipm_iterations", 40, lo=5, hi=500, integer=True),
     )
     schedule_batch_size = ts.number("batch_size", 64, lo=1, integer=True)

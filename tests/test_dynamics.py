@@ -268,6 +268,7 @@ def test_axis_tilt_round_trip():
 def test_axis_from_tilt_jacobian_at_zero_is_identity():
     """At zero tilt the axis is (tx, ty, 1 - |t|^2/2): Jacobian [[1,0],[0,1],[0,0]], finite
     (safe_norm must not leak NaN from sqrt at 0). Same for tilt_from_vector at +z."""
+
     def axis(tilt):
         return dynamics.stack(dynamics.axis_from_tilt(tilt))
 

@@ -74,3 +74,41 @@ def test_minimum_effort_double_integrator_matches_closed_form():
         effort = float(np.sum(np.abs(u)) * dt)
         np.testing.assert_allclose(effort, 2.0 / ((n - 1) * dt), rtol=1e-6)
         np.testing.assert_allclose(np.asarray(res.y_t[:2]), [0.0, 0.0], atol=1e-8)
+
+
+def test_dynamics_multipliers_give_the_derivative_of_the_optimal_value():
+    """Envelope theorem: for the same rest-to-rest move with cost sum_k sigma_k (no dt), the
+    optimum is 2 / ((N - 1) dt^2); its derivative in dt, -4 / ((N - 1) dt^3), must equal
+    sum_k lam_k . (dA/d(dt) x_k + dB/d(dt) u_k) at the solution."""
+    n, dt = 10, 0.5
+
+    def dynamics(step):
+        a = jnp.array([[1.0, step], [0.0, 1.0]])
+        b = jnp.array([[0.5 * step * step, 0.0], [step, 0.0]])
+        return a, b
+
+    with jax.enable_x64(True):
+        a, b = dynamics(dt)
+        g = jnp.zeros((n, 2, 4)).at[:, 0, 3].set(-1.0).at[:, 1, 2].set(-1.0)
+        g_t = jnp.zeros((4, 4))
+        for i in range(2):
+            g_t = g_t.at[i, 2 + i].set(-1.0)
+            g_t = g_t.at[2 + i, 2 + i].set(-1.0).at[2 + i, i].set(1.0)
+        prog = ipm.StageSOCP(
+            a=a, b=b, d=jnp.zeros(2), x0=jnp.array([-1.0, 0.0]), g=g, h=jnp.zeros((n, 2)),
+            c=jnp.zeros((n, 4)).at[:, 3].set(1.0), g_t=g_t, h_t=jnp.zeros(4),
+            c_t=jnp.array([-100.0, -100.0, 200.0, 200.0]), u0=jnp.zeros((n, 2)),
+            e0=jnp.zeros(2), fixed_u=jnp.zeros(2), cones=ipm.Cones(0, (2,)), cones_t=ipm.Cones(4),
+        )  # fmt: skip
+        res = ipm.solve(prog, iterations=60, tol=1e-11)
+        assert bool(res.converged)
+        np.testing.assert_allclose(float(res.objective), 2.0 / ((n - 1) * dt * dt), rtol=1e-7)
+        lam = ipm.dynamics_multipliers(prog, res)
+        x, u = res.y[:, :2], res.y[:, 2:]
+
+        def dynamics_term(step):
+            a, b = dynamics(step)
+            return jnp.sum(lam * (x @ a.T + u @ b.T))
+
+        slope = jax.grad(dynamics_term)(dt)
+        np.testing.assert_allclose(float(slope), -4.0 / ((n - 1) * dt**3), rtol=1e-6)

@@ -66,21 +66,28 @@ def _rk4_reintegrate(schedule, vehicle: Vehicle, gravity, substeps=200):
 @pytest.fixture(scope="module")
 def lunar_batch():
     vehicle = Vehicle(480.0, 340.0, 2000.0, 400.0, 320.0, 25.0)
+    # Chunks of 4 and two workers: two threads each solve a padded share of one chunk.
     spec = ScheduleSpec(
         vehicle=vehicle,
         gravity_mps2=1.62,
         n_nodes=40,
         glide_slope_deg=30.0,
+        chunk_size=4,
     )
     n = 6
     r0 = jnp.array([-300.0, 100.0, 1500.0]) + 100.0 * jax.random.normal(jax.random.key(0), (n, 3))
     v0 = jnp.array([10.0, -5.0, -30.0]) + 2.0 * jax.random.normal(jax.random.key(1), (n, 3))
     problems = ScheduleProblem(r0, v0, jnp.full(n, 480.0))
-    return vehicle, spec, jax.tree.map(np.asarray, solve_schedules(spec, problems))
+    s = jax.tree.map(np.asarray, solve_schedules(spec, problems, workers=2))
+    return vehicle, spec, s, jax.tree.map(np.asarray, problems)
 
 
 def test_lunar_batch_converges_within_bounds(lunar_batch):
-    vehicle, spec, s = lunar_batch
+    vehicle, spec, s, problems = lunar_batch
+    assert s.fuel_kg.shape == (6,)
+    # Results come back in the order of the problems whatever the shares and chunks.
+    np.testing.assert_allclose(s.position_m[:, 0], problems.position0_m, atol=1e-9)
+    np.testing.assert_allclose(s.velocity_mps[:, 0], problems.velocity0_mps, atol=1e-9)
     assert np.all(s.converged)
     assert np.all(s.terminal_position_error_m < spec.position_tol_m)
     assert np.all(s.terminal_velocity_error_mps < spec.velocity_tol_mps)
@@ -107,7 +114,7 @@ def test_lunar_batch_converges_within_bounds(lunar_batch):
 def test_fine_step_reintegration_lands_and_reproduces_fuel(lunar_batch):
     """An independent RK4 of the held thrust lands within 1 m and 0.1 m/s and burns the
     reported fuel (to 0.1 %)."""
-    vehicle, _, s = lunar_batch
+    vehicle, _, s, _ = lunar_batch
     for i in range(2):
         one = jax.tree.map(lambda x, i=i: x[i], s)
         r, v, fuel = _rk4_reintegrate(one, vehicle, 1.62)
@@ -272,3 +279,50 @@ def test_fuel_matches_convex_reference(convex_comparison):
     tilt = np.degrees(np.arccos(np.clip(ours.thrust_n[..., 2] / magnitude, -1.0, 1.0)))
     assert np.all(tilt <= ACTIVE_TILT_DEG + 1e-6)
     assert np.all(ours.glide_slope_violation_m <= spec.glide_tol_m)
+
+
+def test_final_time_search_reaches_the_golden_section_optimum(convex_comparison):
+    """The derivative-driven search over t_f (a handful of solves) ends where a fine
+    golden-section search of the same fixed-t_f convex optimum ends, and the slope it steers
+    by (envelope theorem, from the dynamics multipliers) is the derivative of that optimum."""
+    from descent_opt.optimize import thrust_schedule as ts
+
+    spec, ours, _ = convex_comparison
+    i = 0
+    r0, v0 = ACTIVE_STARTS[i]
+    with jax.enable_x64(True):
+        problem = ScheduleProblem(jnp.array(r0), jnp.array(v0), jnp.array(480.0))
+        units = ts._units(spec, problem)
+        # Thrust bounds expanded about the schedule's own mass profile.
+        z_ref = jnp.log(jnp.asarray(ours.mass_kg[i, :-1]) / 480.0)
+        solve = jax.jit(lambda t: ts._solve_convex(spec, problem, units, t, z_ref))
+
+        def value(t):
+            return float(solve(t).objective)
+
+        tf = float(ours.time_of_flight_s[i])
+        golden = (np.sqrt(5.0) - 1.0) / 2.0
+        a, b = 0.95 * tf, 1.05 * tf
+        x1, x2 = b - golden * (b - a), a + golden * (b - a)
+        f1, f2 = value(x1), value(x2)
+        while b - a > 1e-7 * tf:
+            if f1 < f2:
+                b, x2, f2 = x2, x1, f1
+                x1 = b - golden * (b - a)
+                f1 = value(x1)
+            else:
+                a, x1, f1 = x1, x2, f2
+                x2 = a + golden * (b - a)
+                f2 = value(x2)
+        t_best = 0.5 * (a + b)
+        fuel_best = 480.0 * -np.expm1(-value(t_best))
+        assert ours.convex_fuel_kg[i] <= fuel_best * (1.0 + 5e-5), ours.convex_fuel_kg[i]
+        assert abs(tf / t_best - 1.0) < 2e-3, (tf, t_best)
+        assert ours.convex_solves[i] <= spec.tf_steps + spec.refine
+
+        # The slope against a central difference (steps well above the solver's tolerance),
+        # on both sides of the optimum.
+        for t in (0.97 * t_best, 1.03 * t_best):
+            h = 2e-3 * t
+            fd = (value(t + h) - value(t - h)) / (2.0 * h)
+            np.testing.assert_allclose(float(solve(t).slope), fd, rtol=1e-2)

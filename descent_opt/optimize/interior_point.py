@@ -336,6 +336,25 @@ def rollout(p: StageSOCP, u, e):
     return y, jnp.concatenate([x_n, e])
 
 
+def dynamics_multipliers(p: StageSOCP, res: IpmResult):
+    """Multipliers of the dynamics x_{k+1} = A x_k + B u_k + d, row k for step k -> k+1.
+
+    With the Lagrangian c.y + z.(G y - h) + sum_k lam_k.(A x_k + B u_k + d - x_{k+1}),
+    stationarity in the states gives the backward recursion
+    lam_{N-1} = c_T,x + G_T,x' z_T and lam_{k-1} = c_k,x + G_k,x' z_k + A' lam_k.
+    At an optimum, d(optimal value)/d(theta) = sum_k lam_k.(dA x_k + dB u_k + dd) for
+    program data theta that enters only the dynamics (the envelope theorem)."""
+    nx = p.a.shape[0]
+    lam_last = p.c_t[:nx] + p.g_t[:, :nx].T @ res.z_t
+
+    def back(lam, inputs):
+        ck, gk, zk = inputs
+        return ck[:nx] + gk[:, :nx].T @ zk + p.a.T @ lam, lam
+
+    lam_0, lams = jax.lax.scan(back, lam_last, (p.c[1:], p.g[1:], res.z[1:]), reverse=True)
+    return jnp.concatenate([lam_0[None], lams])
+
+
 def _residual(p: StageSOCP, y, y_t, s, s_t):
     rp = jnp.einsum("kmn,kn->km", p.g, y) + s - p.h
     rp_t = p.g_t @ y_t + s_t - p.h_t
@@ -343,22 +362,40 @@ def _residual(p: StageSOCP, y, y_t, s, s_t):
 
 
 def solve(
-    p: StageSOCP, iterations: int = 40, tol: float = 1e-9, step_fraction: float = 0.99
+    p: StageSOCP,
+    iterations: int = 40,
+    tol: float = 1e-9,
+    step_fraction: float = 0.99,
+    warm=None,
+    margin=1.0,
+    dual_bound: float = float("inf"),
 ) -> IpmResult:
     """Mehrotra predictor-corrector from the infeasible start ``p.u0, p.e0``.
 
+    The states are rolled out from those controls and the slacks h - G y pushed ``margin``
+    into the cone interiors; the multipliers start at the cone identities or, with
+    ``warm = (z, z_T)`` (say a neighbouring program's solution), at those pushed ``margin``
+    into the interiors. A warm start with a small margin (1e-2) saves about a third of the
+    iterations when the programs are close.
+
     Stops when every cone's complementarity s.z / degree and the primal residual fall below
-    ``tol`` (problem units), or after ``iterations``."""
+    ``tol`` (problem units), or after ``iterations``, or (not converged) once a multiplier
+    exceeds ``dual_bound``: the multipliers of a primal-infeasible program grow without bound
+    (they tend to a certificate of infeasibility)."""
     cs, ct = p.cones, p.cones_t
     nx = p.a.shape[0]
     degree = p.g.shape[0] * cs.degree + ct.degree
     keep = jnp.concatenate([jnp.ones(nx), 1.0 - p.fixed_u])
     pin = jnp.concatenate([jnp.zeros(nx), p.fixed_u])
     y, y_t = rollout(p, p.u0, p.e0)
-    s = _interior(cs, p.h - jnp.einsum("kmn,kn->km", p.g, y))
-    s_t = _interior(ct, p.h_t - p.g_t @ y_t)
-    z = identity(cs, s)
-    z_t = identity(ct, s_t)
+    s = _interior(cs, p.h - jnp.einsum("kmn,kn->km", p.g, y), margin)
+    s_t = _interior(ct, p.h_t - p.g_t @ y_t, margin)
+    if warm is None:
+        z = identity(cs, s)
+        z_t = identity(ct, s_t)
+    else:
+        z = _interior(cs, warm[0], margin)
+        z_t = _interior(ct, warm[1], margin)
 
     def measures(y, y_t, s, s_t, z, z_t):
         rp, rp_t = _residual(p, y, y_t, s, s_t)
@@ -370,7 +407,7 @@ def solve(
         return (gap / degree < tol) & (res < tol)
 
     def body(state):
-        it, y, y_t, s, s_t, z, z_t, (rp, rp_t), _ = state
+        it, y, y_t, s, s_t, z, z_t, (rp, rp_t), _, _ = state
         w, w_t = nt_scaling(cs, s, z), nt_scaling(ct, s_t, z_t)
         lam, lam_t = apply_scaling(cs, w, z), apply_scaling(ct, w_t, z_t)
         # Hessian of the Newton system per stage: (W^-1 G)' (W^-1 G).
@@ -416,14 +453,16 @@ def solve(
         a = jnp.minimum(1.0, step_fraction * step_length(ds, ds_t, dz, dz_t))
         new = (y + a * dy, y_t + a * dy_t, s + a * ds, s_t + a * ds_t, z + a * dz, z_t + a * dz_t)
         gap, res, residual = measures(*new)
-        return (it + 1, *new, residual, done(gap, res))
+        diverged = jnp.maximum(jnp.max(jnp.abs(new[4])), jnp.max(jnp.abs(new[5]))) > dual_bound
+        return (it + 1, *new, residual, done(gap, res), diverged)
 
     def cond(state):
-        return (state[0] < iterations) & ~state[-1]
+        return (state[0] < iterations) & ~state[-2] & ~state[-1]
 
     residual = _residual(p, y, y_t, s, s_t)
-    state = (jnp.asarray(0), y, y_t, s, s_t, z, z_t, residual, jnp.asarray(False))
-    it, y, y_t, s, s_t, z, z_t, _, conv = jax.lax.while_loop(cond, body, state)
+    false = jnp.asarray(False)
+    state = (jnp.asarray(0), y, y_t, s, s_t, z, z_t, residual, false, false)
+    it, y, y_t, s, s_t, z, z_t, _, conv, _ = jax.lax.while_loop(cond, body, state)
     gap, res, _ = measures(y, y_t, s, s_t, z, z_t)
     objective = jnp.sum(p.c * y) + jnp.dot(p.c_t, y_t)
     return IpmResult(y, y_t, z, z_t, objective, gap, res, it, conv)

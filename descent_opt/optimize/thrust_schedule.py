@@ -17,10 +17,22 @@ Method
    fixed-t_f program is feasible and a positive penalty certifies that the final time or the
    problem is infeasible. The second-order cone program is solved by the structured
    interior-point method of :mod:`descent_opt.optimize.interior_point`.
-2. The final time is found per problem by a short geometric grid inside a physical bracket
-   followed by golden-section refinement; z_ref follows the best solution found so far (on the
-   normalised time grid) and is re-expanded about the final solution's own mass, which makes
-   the bounds exact there.
+2. The final time is found per problem from the optimal value J(t_f) of that program and its
+   derivative: the envelope theorem gives dJ/dt_f from the multipliers of the dynamics (t_f
+   enters only through the time step), at the cost of one backward recursion. J is typically
+   steep and decreasing where t_f is too short (the terminal-miss penalty), then rises slowly;
+   the minimum is a kink at the feasibility edge or a smooth minimum just after it. Starting
+   from a coast-then-full-thrust estimate, a Newton step on the miss penalty, secant steps on
+   the slope and, once the minimum is bracketed by slopes of opposite signs, the
+   intersection of the two end tangents (exact on a kink between straight pieces) with a
+   bisection safeguard narrow the bracket to ``tf_rtol`` (or to 4 ``tf_rtol`` when the end
+   tangents predict less than ``tf_gain_tol`` left to gain) in about four solves
+   (``tf_steps`` at most). A solve that fails (a hard constraint cannot be met, e.g. the
+   glide cone from a start outside it) counts as too short a final time. Each solve starts
+   from the previous solution (warm start) and z_ref follows the best solution so far (on
+   the normalised time grid); if the chosen solution's mass is not within ``expansion_tol``
+   of the profile its bounds were expanded about, it is solved again expanded about its own
+   mass (the bounds are then exact to second order there).
 3. The held-acceleration solution becomes a held-thrust schedule: on interval k the thrust
    ``T_k = m_k ve (1 - exp(-|u_k| dt / ve)) / dt`` along u_k gives exactly the same velocity
    and mass change (rocket equation) and almost the same position change. A few Gauss-Newton
@@ -34,6 +46,8 @@ Everything runs in float64 (the interior-point method needs it), vmapped over th
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -44,7 +58,10 @@ from descent_opt import dynamics
 from descent_opt.dynamics import Vehicle, safe_norm
 from descent_opt.optimize import interior_point as ipm
 
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_MISS_TOL = 1e-6  # terminal miss (scaled) of a feasible convex solution
+_NEWTON_PENALTY = 1e-6  # above this terminal-miss penalty, the next t_f is a Newton step on it
+_LOOSE_BRACKET = 4.0  # see ScheduleSpec.tf_gain_tol
+_DUAL_BOUND = 1e6  # a multiplier beyond this (scaled units) stops a solve as infeasible
 _PENALTY = 1.0  # L1 weight of the terminal miss, in scaled log-mass per scaled length/speed
 
 
@@ -55,13 +72,18 @@ class ScheduleSpec(eqx.Module):
     gravity_mps2: float = 1.62
     glide_slope_deg: float = 0.0  # minimum elevation seen from the target; 0 disables
     n_nodes: int = 50
-    tf_grid: int = 5  # final times on the initial geometric grid
-    tf_search: int = 12  # golden-section refinements of the final time
-    refine: int = 1  # re-expansions of the thrust bounds at the chosen final time
+    tf_steps: int = 8  # convex solves of the final-time search (upper limit)
+    # The t_f search stops once the optimum is bracketed to tf_rtol (relative), or to
+    # 4 tf_rtol when the end tangents predict at most tf_gain_tol (scaled log-mass) left.
+    tf_rtol: float = 5e-4
+    tf_gain_tol: float = 1e-6
+    expansion_tol: float = 3e-3  # max |z - z_ref| of an accepted solution (else re-expand)
+    refine: int = 0  # extra re-expansions of the thrust bounds at the chosen final time
     ipm_iterations: int = 40  # interior-point iterations per convex solve (upper limit)
+    warm_margin: float = 0.01  # interior margin of a warm start (cone units)
     ipm_tol: float = 1e-8  # complementarity per cone and primal residual (scaled units)
-    polish_steps: int = 3  # Gauss-Newton steps on the held-thrust schedule
-    chunk_size: int = 32  # problems vmapped together (chunks run in sequence)
+    polish_steps: int = 5  # Gauss-Newton steps on the held-thrust schedule
+    chunk_size: int = 16  # problems vmapped together (a share's chunks run in sequence)
     position_tol_m: float = 0.5
     velocity_tol_mps: float = 0.05
     glide_tol_m: float = 0.5
@@ -91,6 +113,8 @@ class Schedule(eqx.Module):
     convex_fuel_kg: Float[Array, "*batch"]  # fuel of the held-acceleration convex optimum
     duality_gap: Float[Array, "*batch"]  # of the last convex solve (scaled log-mass)
     iterations: Int[Array, "*batch"]  # interior-point iterations, all solves together
+    convex_solves: Int[Array, "*batch"]  # fixed-final-time programs solved
+    tf_converged: Bool[Array, "*batch"]  # the t_f search met its tolerance within tf_steps
     converged: Bool[Array, "*batch"]
     feasible_delta_v: Bool[Array, "*batch"]  # the rocket equation allows a landing at all
 
@@ -128,22 +152,13 @@ def _program(spec: ScheduleSpec, problem: ScheduleProblem, units: _Units, tf, z_
     n = spec.n_nodes
     veh = spec.vehicle
     m0 = problem.mass0_kg
-    dt = tf / n / units.time
-    a_dt = units.speed / veh.exhaust_velocity_mps * dt  # z' = -alpha sigma in scaled units
     rho1 = veh.thrust_min_n / (m0 * spec.gravity_mps2)
     rho2 = veh.thrust_max_n / (m0 * spec.gravity_mps2)
     vertical_only = veh.max_tilt_deg <= 0.0
     lateral = 0.0 if vertical_only else 1.0
     cos_tilt = 0.0 if vertical_only else math.cos(math.radians(min(veh.max_tilt_deg, 180.0)))
 
-    i3 = jnp.eye(3)
-    a = jnp.zeros((7, 7)).at[:3, :3].set(i3).at[:3, 3:6].set(dt * i3)
-    a = a.at[3:6, 3:6].set(i3).at[6, 6].set(1.0)
-    b = jnp.zeros((7, 4)).at[:3, :3].set(0.5 * dt * dt * i3).at[3:6, :3].set(dt * i3)
-    b = b.at[6, 3].set(-a_dt).at[:, :2].multiply(lateral)
-    gvec = jnp.array([0.0, 0.0, -1.0])
-    d = jnp.concatenate([0.5 * dt * dt * gvec, dt * gvec, jnp.zeros(1)])
-
+    a, b, d = _dynamics(spec, units, tf)
     cones = _stage_cones(spec)
     mu1 = rho1 * jnp.exp(-z_ref)
     mu2 = rho2 * jnp.exp(-z_ref)
@@ -204,15 +219,69 @@ class _Convex(eqx.Module):
 
     tf: Array
     objective: Array  # -z_N + penalty * |terminal miss|_1
+    penalty: Array  # the terminal-miss part of the objective (0 when t_f is feasible)
+    feasible: Array  # terminal miss below _MISS_TOL in every component
+    slope: Array  # d(objective)/d(t_f) per second, by the envelope theorem
     z: Array  # log-mass at the nodes 0 .. N-1 (the next reference)
+    expansion_gap: Array  # max |z - z_ref|: the thrust bounds are exact at z_ref
     result: ipm.IpmResult
 
 
-def _solve_convex(spec, problem, units, tf, z_ref) -> _Convex:
+def _dynamics(spec: ScheduleSpec, units: _Units, tf):
+    """x_{k+1} = a x_k + b u_k + d for the held acceleration (scaled units)."""
+    n = spec.n_nodes
+    dt = tf / n / units.time
+    a_dt = units.speed / spec.vehicle.exhaust_velocity_mps * dt  # z' = -alpha sigma, scaled
+    lateral = 0.0 if spec.vehicle.max_tilt_deg <= 0.0 else 1.0
+    i3 = jnp.eye(3)
+    a = jnp.zeros((7, 7)).at[:3, :3].set(i3).at[:3, 3:6].set(dt * i3)
+    a = a.at[3:6, 3:6].set(i3).at[6, 6].set(1.0)
+    b = jnp.zeros((7, 4)).at[:3, :3].set(0.5 * dt * dt * i3).at[3:6, :3].set(dt * i3)
+    b = b.at[6, 3].set(-a_dt).at[:, :2].multiply(lateral)
+    gvec = jnp.array([0.0, 0.0, -1.0])
+    d = jnp.concatenate([0.5 * dt * dt * gvec, dt * gvec, jnp.zeros(1)])
+    return a, b, d
+
+
+def _solve_convex(spec, problem, units, tf, z_ref, warm=None, margin=1.0) -> _Convex:
+    """One fixed-t_f program. ``warm``: an IpmResult of a neighbouring program to start from
+    (its controls, terminal extras and multipliers, pushed ``margin`` into the cone
+    interiors); None: the hover start."""
     program = _program(spec, problem, units, tf, z_ref)
-    res = ipm.solve(program, iterations=spec.ipm_iterations, tol=spec.ipm_tol)
-    objective = jnp.where(jnp.isfinite(res.objective), res.objective, jnp.inf)
-    return _Convex(tf, objective, res.y[:, 6], res)
+    if warm is not None:
+        program = eqx.tree_at(lambda p: (p.u0, p.e0), program, (warm.y[:, 7:], warm.y_t[7:]))
+        warm = (warm.z, warm.z_t)
+    res = ipm.solve(
+        program,
+        iterations=spec.ipm_iterations,
+        tol=spec.ipm_tol,
+        warm=warm,
+        margin=margin,
+        dual_bound=_DUAL_BOUND,
+    )
+    # Only the dynamics depend on t_f (the thrust-bound reference is held on the normalised
+    # time grid), so the derivative of the optimal value is that of the dynamics' Lagrangian
+    # term at the solution.
+    lam = ipm.dynamics_multipliers(program, res)
+    x, u = res.y[:, :7], res.y[:, 7:]
+    x_next = jnp.concatenate([x[1:], res.y_t[None, :7]])
+
+    def dynamics_term(t):
+        a, b, d = _dynamics(spec, units, t)
+        return jnp.sum(lam * (x @ a.T + u @ b.T + d - x_next))
+
+    slope = jax.jvp(dynamics_term, (tf,), (jnp.ones_like(tf),))[1]
+    # A solve that did not converge (a constraint other than the elastic terminal one cannot
+    # be met, e.g. the glide cone from a start outside it) counts as an infinite objective.
+    ok = res.converged & jnp.isfinite(res.objective) & jnp.isfinite(slope)
+    inf = jnp.asarray(jnp.inf, res.objective.dtype)
+    objective = jnp.where(ok, res.objective, inf)
+    penalty = jnp.where(ok, res.objective + res.y_t[6], inf)
+    slope = jnp.where(ok, slope, jnp.nan)
+    feasible = ok & (jnp.max(res.y_t[7:]) < _MISS_TOL)
+    z = res.y[:, 6]
+    gap = jnp.max(jnp.abs(z - z_ref))
+    return _Convex(tf, objective, penalty, feasible, slope, z, gap, res)
 
 
 def tf_bracket(spec: ScheduleSpec, problem: ScheduleProblem):
@@ -243,95 +312,223 @@ def _ideal_delta_v(spec: ScheduleSpec, problem: ScheduleProblem):
     )
 
 
-def _tf_upper_from_fuel(spec: ScheduleSpec, problem: ScheduleProblem, fuel_kg):
-    """No schedule burning at most ``fuel_kg`` can fly longer than this: the vertical momentum
-    balance needs a delta-v of at least g t_f - v_z0, and the fuel buys ve ln(m0/(m0-fuel))."""
+def tf_guess(spec: ScheduleSpec, problem: ScheduleProblem):
+    """First final time to try: a vertical coast followed by a full-thrust stop at the
+    mid-burn mass (the minimum-fuel landing is often close to the shortest feasible one).
+    Clipped into :func:`tf_bracket`; a vehicle too weak for the estimate gets twice the fall
+    time."""
     veh = spec.vehicle
-    m0 = problem.mass0_kg
-    fuel = jnp.clip(fuel_kg, 0.0, m0 - veh.mass_dry_kg)
-    dv = veh.exhaust_velocity_mps * jnp.log(m0 / (m0 - fuel))
-    return (dv + problem.velocity0_mps[2]) / spec.gravity_mps2
+    g = spec.gravity_mps2
+    lo, hi = tf_bracket(spec, problem)
+    h = jnp.maximum(problem.position0_m[2], 0.0)
+    vz = problem.velocity0_mps[2]
+    ve = veh.exhaust_velocity_mps
+    mass = problem.mass0_kg * jnp.exp(-0.5 * _ideal_delta_v(spec, problem) / ve)
+    decel = veh.thrust_max_n / mass - g  # net upward acceleration of the burn
+    ok = decel > 1e-6 * g
+    decel = jnp.where(ok, decel, 1.0)
+    burn_height = (vz * vz + 2.0 * g * h) / (2.0 * (decel + g))
+    speed = jnp.sqrt(2.0 * decel * burn_height)  # at ignition
+    guess = jnp.maximum(speed + vz, 0.0) / g + speed / decel
+    guess = jnp.where(ok & jnp.isfinite(guess), guess, 2.0 * lo)
+    return jnp.clip(guess, lo * (1.0 + spec.tf_rtol), hi * (1.0 - spec.tf_rtol))
 
 
-class _Bracket(eqx.Module):
+class _Search(eqx.Module):
+    """Bracket of the final time: ``a`` is the largest final time tried with a negative
+    slope, ``b`` the smallest with a non-negative one (``has_*`` false: not found yet, the
+    physical bound stands in)."""
+
     a: Array
     fa: Array
+    da: Array
+    pa: Array
+    has_a: Array
     b: Array
     fb: Array
+    db: Array
+    pb: Array
+    has_b: Array
+    a_prev: Array  # previous a and its slope (nan if none), for secant extrapolation
+    da_prev: Array
+    b_prev: Array
+    db_prev: Array
+    width1: Array  # bracket width after the last step and the two before
+    width2: Array
+    width3: Array
+    t: Array  # next final time to solve
     best: _Convex
+    last: _Convex  # the latest solution (the next solve starts from it)
     iterations: Array
+    solves: Array
+    done: Array
+
+
+def _better(new: _Convex, old: _Convex):
+    """Feasible beats infeasible, then lower objective."""
+    return (new.feasible & ~old.feasible) | (
+        (new.feasible == old.feasible) & (new.objective < old.objective)
+    )
 
 
 def _search_tf(spec: ScheduleSpec, problem: ScheduleProblem, units: _Units):
-    """Minimise the convex optimum over t_f (see the module docstring).
+    """Minimise the convex optimum over t_f with its derivative (see the module docstring).
 
-    A short geometric grid inside the physical bracket locates the basin; the incumbent's fuel
-    then caps t_f (``_tf_upper_from_fuel``), and golden-section steps shrink the bracket
-    around the incumbent. The thrust-bound
-    reference always follows the incumbent's mass profile. Returns the best solution and the
-    interior-point iterations spent."""
+    Every solve gives the optimal value and its slope in t_f. Until the optimum is
+    bracketed (a negative slope on one side, a non-negative one on the other) the next final
+    time comes from a Newton step on the terminal-miss penalty (infeasible side), a secant
+    step on the slope, or a fixed 20 % / 7 % step. Once bracketed it is the intersection of the
+    two end tangents, which lands on a kink of the fuel curve (where a constraint becomes
+    active, often the feasibility edge) as well as on a smooth minimum; it stays a small
+    margin inside the bracket, and bisection takes over when the bracket has not halved in
+    three steps. The search stops when the bracket is narrower than ``tf_rtol`` times t_f (or
+    4 ``tf_rtol`` with a predicted gain below ``tf_gain_tol``: the incumbent's objective minus
+    the end tangents' value at their intersection) and the incumbent's thrust bounds were
+    expanded about a mass profile within ``expansion_tol`` of its own (else it is solved
+    again at its t_f, expanded about its own mass), or after ``tf_steps`` solves. Feasible
+    solutions beat infeasible ones, then the lower objective wins. ``refine`` extra solves
+    re-expand about the chosen solution's mass.
+    Returns the best solution, the interior-point iterations and the convex solves spent, and
+    whether the search met its tolerances."""
     lo, hi = tf_bracket(spec, problem)
     n = spec.n_nodes
+    rtol = spec.tf_rtol
     dv = _ideal_delta_v(spec, problem)
     z_first = -dv / spec.vehicle.exhaust_velocity_mps * jnp.arange(n) / n
 
-    def solve_at(tf, z_ref):
-        return _solve_convex(spec, problem, units, tf, z_ref)
+    def solve_at(tf, z_ref, warm=None, margin=1.0):
+        return _solve_convex(spec, problem, units, tf, z_ref, warm, margin)
 
-    # The optimum is typically 1.3 to 2.5 times the free-fall time. The grid spans [1, 4]
-    # times it (within the bracket); if the best grid point is the last one, the search may
-    # still go up to the bracket's end, which the incumbent's fuel caps.
-    k = spec.tf_grid
-    grid = lo * jnp.minimum(hi / lo, 4.0) ** (jnp.arange(k) / max(k - 1, 1))
+    def propose(s: _Search):
+        # Both ends known: tangent intersection (bisection if the bracket shrinks slowly).
+        width = s.b - s.a
+        tangent = (s.fb - s.fa + s.da * s.a - s.db * s.b) / (s.da - s.db)
+        bisect = (width > 0.5 * s.width3) | ~jnp.isfinite(tangent)
+        t_both = jnp.where(bisect, 0.5 * (s.a + s.b), tangent)
+        margin = jnp.minimum(0.5 * rtol * s.b, 0.25 * width)
+        t_both = jnp.clip(t_both, s.a + margin, s.b - margin)
+        # Only negative slopes so far: the optimum is later.
+        newton_a = s.a + s.pa / -s.da + 0.5 * rtol * s.a
+        secant_a_ok = jnp.isfinite(s.a_prev) & (s.da > s.da_prev)
+        secant_a = s.a - s.da * (s.a - s.a_prev) / jnp.where(secant_a_ok, s.da - s.da_prev, 1.0)
+        newton_a = jnp.where(jnp.isfinite(newton_a), newton_a, 1.5 * s.a)  # failed solve
+        t_a = jnp.where(
+            s.pa > _NEWTON_PENALTY, newton_a, jnp.where(secant_a_ok, secant_a, 1.2 * s.a)
+        )
+        t_a = jnp.clip(t_a, s.a * (1.0 + rtol), jnp.minimum(1.5 * s.a, hi))
+        # Only non-negative slopes so far: the optimum is earlier.
+        newton_b = s.b - s.pb / jnp.where(s.db > 0.0, s.db, jnp.inf) - 0.5 * rtol * s.b
+        secant_b_ok = jnp.isfinite(s.b_prev) & (s.db_prev > s.db)
+        secant_b = s.b - s.db * (s.b_prev - s.b) / jnp.where(secant_b_ok, s.db_prev - s.db, 1.0)
+        t_b = jnp.where(
+            (s.pb > _NEWTON_PENALTY) & (s.db > 0.0),
+            newton_b,
+            jnp.where(secant_b_ok, secant_b, 0.93 * s.b),
+        )
+        t_b = jnp.clip(t_b, jnp.maximum(0.85 * s.b, lo), s.b * (1.0 - rtol))
+        t = jnp.where(s.has_a & s.has_b, t_both, jnp.where(s.has_a, t_a, t_b))
+        return jnp.where(jnp.isfinite(t), t, 0.5 * (s.a + s.b))
 
-    def grid_step(carry, tf):
-        best, iters = carry
-        sol = solve_at(tf, best.z)
-        better = sol.objective < best.objective
-        best = jax.tree.map(lambda x, y: jnp.where(better, x, y), sol, best)
-        return (best, iters + sol.result.iterations), sol.objective
+    def step(s: _Search):
+        # Warm start from the latest solution if that solve converged, else the hover start.
+        warm_ok = jnp.isfinite(s.last.objective)
+        start = jax.tree.map(lambda p, q: jnp.where(warm_ok, p, q), s.last.result, cold)
+        sol = solve_at(s.t, s.best.z, start, jnp.where(warm_ok, spec.warm_margin, 1.0))
+        # A failed solve counts as too short a final time (nan slope: the left side).
+        left = ~(sol.slope >= 0.0)
+        nan = jnp.asarray(jnp.nan, sol.tf.dtype)
+        pick = lambda c, p, q: jnp.where(c, p, q)  # noqa: E731
+        has_a, has_b = s.has_a | left, s.has_b | ~left
+        a, b = pick(left, sol.tf, s.a), pick(left, s.b, sol.tf)
+        width = jnp.where(has_a & has_b, b - a, jnp.inf)
+        # Re-solving at the incumbent's t_f (re-expansion) replaces it unless it loses
+        # feasibility; the old expansion is no better than the new one.
+        again = s.t == s.best.tf
+        better = _better(sol, s.best) | (again & (sol.feasible | ~s.best.feasible))
+        best = jax.tree.map(lambda p, q: jnp.where(better, p, q), sol, s.best)
+        # Predicted gain left in the bracket: the incumbent against the two end tangents at
+        # their intersection.
+        fa = pick(left, sol.objective, s.fa)
+        da = pick(left, sol.slope, s.da)
+        fb = pick(left, s.fb, sol.objective)
+        db = pick(left, s.db, sol.slope)
+        t_low = (fb - fa + da * a - db * b) / (da - db)
+        gain = best.objective - (fa + da * (t_low - a))
+        gain = jnp.where(jnp.isfinite(gain), gain, jnp.inf)
+        bracketed = (width <= rtol * b) | (
+            (width <= _LOOSE_BRACKET * rtol * b) & (gain <= spec.tf_gain_tol)
+        )
+        expanded = best.expansion_gap <= spec.expansion_tol
+        s = _Search(
+            a=a,
+            fa=fa,
+            da=da,
+            pa=pick(left, sol.penalty, s.pa),
+            has_a=has_a,
+            b=b,
+            fb=fb,
+            db=db,
+            pb=pick(left, s.pb, sol.penalty),
+            has_b=has_b,
+            a_prev=pick(left, pick(s.has_a, s.a, nan), s.a_prev),
+            da_prev=pick(left, pick(s.has_a, s.da, nan), s.da_prev),
+            b_prev=pick(left, s.b_prev, pick(s.has_b, s.b, nan)),
+            db_prev=pick(left, s.db_prev, pick(s.has_b, s.db, nan)),
+            width1=width,
+            width2=s.width1,
+            width3=s.width2,
+            t=s.t,
+            best=best,
+            last=sol,
+            iterations=s.iterations + sol.result.iterations,
+            solves=s.solves + 1,
+            done=bracketed & expanded,
+        )
+        # Bracketed but the incumbent's bounds were expanded about a distant mass profile:
+        # solve again at its t_f, expanded about its own.
+        t = jnp.where(bracketed & ~expanded, best.tf, propose(s))
+        return eqx.tree_at(lambda q: q.t, s, t)
 
-    first = solve_at(grid[0], z_first)
-    (best, iters), values = jax.lax.scan(grid_step, (first, first.result.iterations), grid[1:])
-    values = jnp.concatenate([first.objective[None], values])
-    i = jnp.argmin(values)
-    fuel = problem.mass0_kg * (1.0 - jnp.exp(-values[i]))
-    hi = jnp.maximum(jnp.minimum(hi, _tf_upper_from_fuel(spec, problem, fuel) * 1.001), grid[i])
-    inf = jnp.asarray(jnp.inf, values.dtype)
-    a = jnp.where(i > 0, grid[jnp.maximum(i - 1, 0)], lo)
-    fa = jnp.where(i > 0, values[jnp.maximum(i - 1, 0)], inf)
-    b = jnp.where(i < k - 1, jnp.minimum(grid[jnp.minimum(i + 1, k - 1)], hi), hi)
-    fb = jnp.where((i < k - 1) & (b < hi), values[jnp.minimum(i + 1, k - 1)], inf)
-
-    def search_step(br: _Bracket, _):
-        # The fuel is often V-shaped in t_f near the optimum (a kink where a constraint
-        # becomes active), where parabolic steps stall; golden section is robust.
-        x, fx = br.best.tf, br.best.objective
-        right = br.b - x >= x - br.a
-        y = jnp.where(right, x + (1.0 - _GOLDEN) * (br.b - x), x - (1.0 - _GOLDEN) * (x - br.a))
-        sol = solve_at(y, br.best.z)
-        fy = sol.objective
-        better = fy < fx
-        pick = lambda p, q: jnp.where(better, p, q)  # noqa: E731
-        a_new = pick(jnp.where(right, x, br.a), jnp.where(right, br.a, y))
-        fa_new = pick(jnp.where(right, fx, br.fa), jnp.where(right, br.fa, fy))
-        b_new = pick(jnp.where(right, br.b, x), jnp.where(right, y, br.b))
-        fb_new = pick(jnp.where(right, br.fb, fx), jnp.where(right, fy, br.fb))
-        best = jax.tree.map(pick, sol, br.best)
-        iters = br.iterations + sol.result.iterations
-        return _Bracket(a_new, fa_new, b_new, fb_new, best, iters), None
-
-    br, _ = jax.lax.scan(
-        search_step, _Bracket(a, fa, b, fb, best, iters), None, length=spec.tf_search
+    # The incumbent starts as a placeholder (infinite objective) holding the first reference
+    # and the hover start (hover controls, unit multipliers).
+    t0 = tf_guess(spec, problem)
+    shape = jax.eval_shape(solve_at, t0, z_first)
+    inf = jnp.asarray(jnp.inf, lo.dtype)
+    nan = jnp.asarray(jnp.nan, lo.dtype)
+    false = jnp.asarray(False)
+    placeholder = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shape)
+    cones = _stage_cones(spec)
+    placeholder = eqx.tree_at(
+        lambda c: (c.tf, c.objective, c.penalty, c.z, c.result.y, c.result.z, c.result.z_t),
+        placeholder,
+        (
+            t0,
+            inf,
+            inf,
+            z_first,
+            placeholder.result.y.at[:, 9:11].set(1.0),
+            ipm.identity(cones, placeholder.result.z),
+            ipm.identity(_TERMINAL, placeholder.result.z_t),
+        ),
     )
+    cold = placeholder.result
+    init = _Search(
+        a=lo, fa=inf, da=nan, pa=inf, has_a=false,
+        b=hi, fb=inf, db=nan, pb=inf, has_b=false,
+        a_prev=nan, da_prev=nan, b_prev=nan, db_prev=nan,
+        width1=inf, width2=inf, width3=inf,
+        t=t0, best=placeholder, last=placeholder,
+        iterations=jnp.asarray(0), solves=jnp.asarray(0), done=false,
+    )  # fmt: skip
+    s = jax.lax.while_loop(lambda s: (s.solves < spec.tf_steps) & ~s.done, step, init)
 
     def refine(carry, _):
         best, iters = carry
-        sol = solve_at(best.tf, best.z)
+        sol = solve_at(best.tf, best.z, best.result, spec.warm_margin)
         return (sol, iters + sol.result.iterations), None
 
-    (best, iters), _ = jax.lax.scan(refine, (br.best, br.iterations), None, length=spec.refine)
-    return best, iters
+    (best, iters), _ = jax.lax.scan(refine, (s.best, s.iterations), None, length=spec.refine)
+    return best, iters, s.solves + spec.refine, s.done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +607,7 @@ def _glide_violation(spec: ScheduleSpec, position_m):
 def _solve_one(spec: ScheduleSpec, problem: ScheduleProblem) -> Schedule:
     veh = spec.vehicle
     units = _units(spec, problem)
-    best, iterations = _search_tf(spec, problem, units)
+    best, iterations, solves, tf_converged = _search_tf(spec, problem, units)
     n = spec.n_nodes
     tf = best.tf
     dt = tf / n
@@ -436,7 +633,7 @@ def _solve_one(spec: ScheduleSpec, problem: ScheduleProblem) -> Schedule:
     available = ve * jnp.log(problem.mass0_kg / veh.mass_dry_kg)
     converged = (
         best.result.converged
-        & (jnp.max(jnp.abs(miss)) < 1e-6)
+        & (jnp.max(jnp.abs(miss)) < _MISS_TOL)
         & (pos_err <= spec.position_tol_m)
         & (vel_err <= spec.velocity_tol_mps)
         & (glide <= spec.glide_tol_m)
@@ -457,6 +654,8 @@ def _solve_one(spec: ScheduleSpec, problem: ScheduleProblem) -> Schedule:
         convex_fuel_kg=problem.mass0_kg * (1.0 - jnp.exp(z_n)),
         duality_gap=best.result.gap,
         iterations=iterations,
+        convex_solves=solves,
+        tf_converged=tf_converged,
         converged=converged,
         feasible_delta_v=available >= needed,
     )
@@ -479,9 +678,48 @@ def _solve_batch(spec: ScheduleSpec, problems: ScheduleProblem) -> Schedule:
     return jax.tree.map(lambda x: x.reshape((n_chunks * chunk,) + x.shape[2:])[:n], out)
 
 
-def solve_schedules(spec: ScheduleSpec, problems: ScheduleProblem) -> Schedule:
+def default_workers() -> int:
+    """Concurrent batch shares: one per CPU core on the CPU backend, else one (a single
+    accelerator is already kept busy by one vmapped chunk)."""
+    if jax.default_backend() != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def solve_schedules(
+    spec: ScheduleSpec, problems: ScheduleProblem, *, workers: int | None = None
+) -> Schedule:
     """Minimum-fuel schedules for a batch of initial states (vmapped, one compilation, float64
-    whatever the global precision)."""
+    whatever the global precision).
+
+    ``workers`` (default :func:`default_workers`): the batch is cut into that many contiguous
+    shares of whole chunks, solved concurrently from as many threads (XLA releases the
+    interpreter while it runs, so each share gets a core). Every problem is solved on its own:
+    the result does not depend on ``workers``, and ``spec.chunk_size`` changes it only by
+    rounding."""
     with jax.enable_x64(True):
         problems = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), problems)
-        return _solve_batch(spec, problems)
+        n = problems.mass0_kg.shape[0]
+        chunk = max(1, min(spec.chunk_size, n))
+        n_chunks = -(-n // chunk)
+        workers = max(1, min(default_workers() if workers is None else workers, n_chunks))
+        if workers == 1:
+            return _solve_batch(spec, problems)
+        share = -(-n_chunks // workers) * chunk  # equal shares: one compilation serves all
+        pad = share * workers - n
+        padded = jax.tree.map(
+            lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x,
+            problems,
+        )
+
+        def solve_share(i):
+            with jax.enable_x64(True):  # the precision setting is per thread
+                part = jax.tree.map(lambda x: x[i * share : (i + 1) * share], padded)
+                return jax.block_until_ready(_solve_batch(spec, part))
+
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(solve_share, range(workers)))
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *parts)
