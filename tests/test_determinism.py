@@ -121,3 +121,14 @@ def test_outcomes_do_not_depend_on_chunking(outcomes):
     alone = simulate(SPEC, default_gains(), jax.tree.map(lambda x: x[5:6], pop))
     for a, b in zip(_leaves(first), _leaves(alone)):
         np.testing.assert_allclose(a[5:6], b, rtol=1e-5, atol=1e-5)
+
+
+def test_outcomes_do_not_depend_on_worker_threads():
+    """1,200 scenarios flown by one thread, and in three concurrent shares of 400: the same
+    outcomes, bit for bit."""
+    pop = sample_scenarios(
+        SCENARIO_SPEC, TerrainSpec(), FaultCatalog(), 480.0, 1200, key=jax.random.key(2)
+    )
+    one = simulate(SPEC, default_gains(), pop, workers=1)
+    three = simulate(SPEC, default_gains(), pop, workers=3)
+    assert _identical(one, three)
