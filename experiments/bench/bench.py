@@ -223,7 +223,7 @@ import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.optimize import gains as tuning
 from descent_opt.robust_gains import make_sampler, m2_replay_scenario
-from descent_opt.simulate import simulate, simulate_traces
+from descent_opt.simulate import _simulate, simulate_traces
 
 config = descent_opt.load_config(["+experiment=robust_gains"])
 gains = default_gains(config.altitude_breakpoints_m)
@@ -241,7 +241,7 @@ tuning._train_step.lower(train, spec, config.success, config.objective, sampler,
 out["training_step_s"] = time.perf_counter() - start
 heldout = sampler(jax.random.key(1), config.evaluation.n_scenarios)
 start = time.perf_counter()
-simulate.lower(config.sim, gains, heldout).compile()
+_simulate.lower(config.sim, gains, heldout).compile()
 out["evaluation_s"] = time.perf_counter() - start
 start = time.perf_counter()
 simulate_traces.lower(config.sim, gains, m2_replay_scenario(config)).compile()
