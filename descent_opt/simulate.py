@@ -25,9 +25,6 @@ How it is laid out for speed (the model is the same whatever the layout):
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -46,6 +43,7 @@ from descent_opt.guidance import (
     prepare,
     scheduled,
 )
+from descent_opt.parallel import default_workers, map_shares
 from descent_opt.scenarios import Scenario
 
 
@@ -365,40 +363,23 @@ def _simulate(spec: SimSpec, gains: Gains, scenarios: Scenario) -> Outcome:
     return jax.tree.map(lambda x: x.reshape((count * size,) + x.shape[2:])[:n], outcomes)
 
 
-def default_workers() -> int:
-    """Concurrent population shares: one per CPU core on the CPU backend, else one."""
-    if jax.default_backend() != "cpu":
-        return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def simulate(
     spec: SimSpec, gains: Gains, scenarios: Scenario, *, workers: int | None = None
 ) -> Outcome:
     """Fly every scenario of a population with one set of gains (jitted; differentiable in
     gains). Large populations are flown in chunks (:func:`chunk_size`).
 
-    Called eagerly on the CPU, the population is cut into ``workers`` contiguous shares
-    (default :func:`default_workers`), flown concurrently from as many threads: XLA releases
-    the interpreter while it runs, and its own threads keep a step's small kernels on one
-    core, so one share per core doubles the throughput of two cores. Under a trace (``jit``,
-    ``grad``) it is one program. Outcomes do not depend on ``workers`` or the chunking."""
+    Called eagerly on the CPU, the population is cut into ``workers`` equal shares (default:
+    one per core, :mod:`descent_opt.parallel`) flown concurrently from as many threads:
+    XLA keeps a step's small kernels on one core, so one share per core doubles the
+    throughput of two cores. Under a trace (``jit``, ``grad``) it is one program. Outcomes
+    do not depend on ``workers`` or the chunking."""
     n = scenarios.size
     workers = default_workers() if workers is None else max(1, workers)
-    share = -(-n // workers)
     traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((gains, scenarios)))
-    if traced or workers == 1 or share < _MIN_SHARE:
+    if traced or workers == 1 or n < workers * _MIN_SHARE:
         return _simulate(spec, gains, scenarios)
-    parts = [
-        jax.tree.map(lambda x, i=i: x[i * share : (i + 1) * share], scenarios)
-        for i in range(-(-n // share))
-    ]
-    with concurrent.futures.ThreadPoolExecutor(len(parts)) as pool:
-        outcomes = list(pool.map(lambda part: _simulate(spec, gains, part), parts))
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outcomes)
+    return map_shares(lambda part: _simulate(spec, gains, part), scenarios, workers)
 
 
 @eqx.filter_jit

@@ -46,8 +46,6 @@ Everything runs in float64 (the interior-point method needs it), vmapped over th
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -57,6 +55,7 @@ from jaxtyping import Array, Bool, Float, Int
 from descent_opt import dynamics
 from descent_opt.dynamics import Vehicle, safe_norm
 from descent_opt.optimize import interior_point as ipm
+from descent_opt.parallel import default_workers, map_shares
 
 _MISS_TOL = 1e-6  # terminal miss (scaled) of a feasible convex solution
 _NEWTON_PENALTY = 1e-6  # above this terminal-miss penalty, the next t_f is a Newton step on it
@@ -678,48 +677,28 @@ def _solve_batch(spec: ScheduleSpec, problems: ScheduleProblem) -> Schedule:
     return jax.tree.map(lambda x: x.reshape((n_chunks * chunk,) + x.shape[2:])[:n], out)
 
 
-def default_workers() -> int:
-    """Concurrent batch shares: one per CPU core on the CPU backend, else one (a single
-    accelerator is already kept busy by one vmapped chunk)."""
-    if jax.default_backend() != "cpu":
-        return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def solve_schedules(
     spec: ScheduleSpec, problems: ScheduleProblem, *, workers: int | None = None
 ) -> Schedule:
     """Minimum-fuel schedules for a batch of initial states (vmapped, one compilation, float64
     whatever the global precision).
 
-    ``workers`` (default :func:`default_workers`): the batch is cut into that many contiguous
-    shares of whole chunks, solved concurrently from as many threads (XLA releases the
-    interpreter while it runs, so each share gets a core). Every problem is solved on its own:
-    the result does not depend on ``workers``, and ``spec.chunk_size`` changes it only by
-    rounding."""
+    ``workers`` (default: one per CPU core, :mod:`descent_opt.parallel`): the batch is cut
+    into that many equal shares of whole chunks, solved concurrently from as many threads.
+    Every problem is solved on its own: the result does not depend on ``workers``, and
+    ``spec.chunk_size`` changes it only by rounding."""
     with jax.enable_x64(True):
         problems = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), problems)
         n = problems.mass0_kg.shape[0]
         chunk = max(1, min(spec.chunk_size, n))
         n_chunks = -(-n // chunk)
-        workers = max(1, min(default_workers() if workers is None else workers, n_chunks))
-        if workers == 1:
+        workers = default_workers() if workers is None else max(1, workers)
+        if min(workers, n_chunks) == 1:
             return _solve_batch(spec, problems)
-        share = -(-n_chunks // workers) * chunk  # equal shares: one compilation serves all
-        pad = share * workers - n
-        padded = jax.tree.map(
-            lambda x: jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x,
-            problems,
-        )
 
-        def solve_share(i):
+        def solve_share(part):
             with jax.enable_x64(True):  # the precision setting is per thread
-                part = jax.tree.map(lambda x: x[i * share : (i + 1) * share], padded)
-                return jax.block_until_ready(_solve_batch(spec, part))
+                return _solve_batch(spec, part)
 
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(solve_share, range(workers)))
-        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *parts)
+        # Whole chunks per share, equal shares: one compilation serves all.
+        return map_shares(solve_share, problems, workers, multiple=chunk)

@@ -101,7 +101,8 @@ def run(
     import jax
 
     import descent_opt
-    from descent_opt.optimize.thrust_schedule import default_workers, solve_schedules
+    from descent_opt.optimize.thrust_schedule import solve_schedules
+    from descent_opt.parallel import default_workers
     from descent_opt.thrust_schedule import sample_problems
 
     config = descent_opt.load_config(["+experiment=thrust_schedule", *overrides])
