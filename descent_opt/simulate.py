@@ -5,22 +5,25 @@ Touchdown is the first step whose end lies at or below the terrain; the touchdow
 interpolated inside that step and the lander is frozen there, so landing metrics vary
 continuously with the gains.
 
-How it is laid out for speed (the model is the same whatever the layout):
+How it is laid out for speed (the model is the same whatever the layout;
+``experiments/bench/README.md`` has the measurements):
 - the step is scalar code (vectors as component tuples, the filter covariance as six
   entries, and with ``unrolled`` crater slots split by :meth:`Terrain.by_slot` and schedule
   segments as scalars), so vmap makes every quantity one population-long array that XLA
   vectorises and fuses; ``unrolled=False`` keeps slots and segments as short vectors, which
   makes a program several times smaller, whose reverse mode XLA runs far faster;
 - gain-only work (segment slopes, time-to-go tables) is done once per flight
-  (:func:`guidance.prepare`) and each step locates its scheduling altitude once;
+  (:func:`guidance.prepare`); the table is read once per step, at the end of the previous
+  one, and carried;
 - every random number of step t comes from a counter-based stream of the scenario's key
   (:mod:`descent_opt.noise`), drawn for a block of steps at a time, outside the
   differentiated step;
 - the LRF ray cast starts from the previous step's range or, if smaller, the height above
   the ground below (already evaluated for touchdown), and makes ``beam_iterations``
-  fixed-point passes (2 terrain evaluations per step instead of 5);
+  fixed-point passes (3 terrain evaluations per step instead of 6);
 - time runs in blocks of ``block_steps`` steps, and a block in which every scenario has
-  already landed is skipped (exact: landed scenarios are frozen).
+  already landed is skipped (exact: landed scenarios are frozen);
+- on the CPU, populations fly in cache-sized chunks, one share per core from threads.
 """
 
 from __future__ import annotations
@@ -122,7 +125,7 @@ class _Flight(eqx.Module):
     nav_velocity_error_mps: Vec3
     imu_bias_mps2: Vec3
     faults: Faults
-    terrain: terrain_lib.Terrain  # split by slot
+    terrain: terrain_lib.Terrain | terrain_lib.SlotTerrain
     key_words: tuple[UInt32[Array, "*b"], UInt32[Array, "*b"]]
 
     @classmethod
