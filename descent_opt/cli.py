@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 _START = time.perf_counter()
+_jobs_started = 0
 log = logging.getLogger("descent_opt")
 
 
@@ -100,8 +101,17 @@ def _make_progress(enabled: bool):
     return progress, close
 
 
+def _job_start() -> float:
+    """When this job began: process start for the first job (imports count), the task call
+    for later jobs of a multirun in the same process."""
+    global _jobs_started
+    _jobs_started += 1
+    return _START if _jobs_started == 1 else time.perf_counter()
+
+
 def run(cfg) -> None:
     """Hydra task: validate, run the selected experiment, write outputs."""
+    start = _job_start()
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -128,7 +138,7 @@ def run(cfg) -> None:
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if config.experiment == "thrust_schedule":
-        _run_thrust_schedule(config, out_dir)
+        _run_thrust_schedule(config, out_dir, start)
         return
     from descent_opt import report
     from descent_opt.robust_gains import run_robust_gains, write_outputs
@@ -138,19 +148,19 @@ def run(cfg) -> None:
         result = run_robust_gains(config, progress=progress, initial=initial)
     finally:
         close()
-    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - _START)
+    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
     print(report.summary_table(result.metrics))
     print(f"\nOutputs in {out_dir}")
 
 
-def _run_thrust_schedule(config, out_dir: Path) -> None:
+def _run_thrust_schedule(config, out_dir: Path, start: float) -> None:
     from descent_opt.thrust_schedule import InfeasibleProblem, run_thrust_schedule, write_outputs
 
     try:
         result = run_thrust_schedule(config)
     except InfeasibleProblem as err:
         fail(str(err))
-    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - _START)
+    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
     m = result.metrics
     b = m["batch"]
     print(
