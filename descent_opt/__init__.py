@@ -9,7 +9,7 @@ does the same through Hydra and writes the outputs.
 from descent_opt.config import ConfigError, RunConfig, from_mapping
 from descent_opt.export import load_gains, write_gain_table
 from descent_opt.guidance import Gains, default_gains
-from descent_opt.robust_gains import RobustGainsResult, run_robust_gains, write_outputs
+from descent_opt.jobs.robust_gains import RobustGainsResult, run_robust_gains, write_outputs
 from descent_opt.simulate import SimSpec
 
 __version__ = "0.1.0"

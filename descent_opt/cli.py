@@ -77,22 +77,21 @@ def _hydra_message(text: str) -> str:
 
 
 def _make_progress(enabled: bool):
+    """A :class:`~descent_opt.jobs.Progress` drawing one tqdm bar per phase, and its closer."""
     if not enabled:
         return None, lambda: None
     from tqdm.auto import tqdm
 
     bars: dict = {}
 
-    def progress(phase, step, total, parts):
+    def progress(phase, advance, total, unit, info):
         bar = bars.get(phase)
         if bar is None:
             for other in bars.values():
                 other.close()
-            bar = bars[phase] = tqdm(
-                total=total, desc=f"tuning {phase} gains", unit="step", file=sys.stderr
-            )
-        bar.update(1)
-        bar.set_postfix(objective=f"{parts['objective']:.3f}", fuel=f"{parts['fuel_fraction']:.3f}")
+            bar = bars[phase] = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr)
+        bar.update(advance)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in info.items()}, refresh=False)
 
     def close():
         for bar in bars.values():
@@ -110,12 +109,13 @@ def _job_start() -> float:
 
 
 def run(cfg) -> None:
-    """Hydra task: validate, run the selected experiment, write outputs."""
+    """Hydra task: validate, run the selected job, write its outputs."""
     start = _job_start()
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     from descent_opt.config import EXPERIMENTS, ConfigError, from_mapping
+    from descent_opt.jobs import job
 
     logging.getLogger("jax").setLevel(logging.WARNING)
 
@@ -128,47 +128,25 @@ def run(cfg) -> None:
         if config.gains_path:
             from descent_opt.export import load_gains
 
-            initial = load_gains(config.gains_path)
-        else:
-            initial = None
+            load_gains(config.gains_path)  # a bad file is reported before any work
     except ConfigError as err:
         fail(str(err))
     except ValueError as err:
         fail(str(err).splitlines()[0])
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    if config.experiment == "thrust_schedule":
-        _run_thrust_schedule(config, out_dir, start)
-        return
-    from descent_opt import report
-    from descent_opt.robust_gains import run_robust_gains, write_outputs
-
+    module = job(config.experiment)
     progress, close = _make_progress(config.progress)
     try:
-        result = run_robust_gains(config, progress=progress, initial=initial)
+        result = module.run(config, progress=progress)
+    except getattr(module, "BAD_INPUT", ()) as err:
+        close()
+        fail(str(err))
     finally:
         close()
-    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
-    print(report.summary_table(result.metrics))
+    module.write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
+    print(module.summary(result))
     print(f"\nOutputs in {out_dir}")
-
-
-def _run_thrust_schedule(config, out_dir: Path, start: float) -> None:
-    from descent_opt.thrust_schedule import InfeasibleProblem, run_thrust_schedule, write_outputs
-
-    try:
-        result = run_thrust_schedule(config)
-    except InfeasibleProblem as err:
-        fail(str(err))
-    write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
-    m = result.metrics
-    b = m["batch"]
-    print(
-        f"Nominal: {m['fuel_kg']:.2f} kg in {m['time_of_flight_s']:.1f} s, terminal error "
-        f"{m['terminal_position_error_m']:.3f} m / {m['terminal_velocity_error_mps']:.4f} m/s\n"
-        f"Batch: {b['n_converged']}/{b['n_problems']} converged, fuel {b['fuel_kg_min']:.2f}-"
-        f"{b['fuel_kg_max']:.2f} kg (mean {b['fuel_kg_mean']:.2f})\n\nOutputs in {out_dir}"
-    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,15 +15,16 @@ from typing import Any
 from descent_opt.dynamics import Vehicle
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import GuidanceSpec
+from descent_opt.jobs import JOBS
 from descent_opt.navigation import REJECT_POLICIES
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
 from descent_opt.optimize.gains import TrainSpec
 from descent_opt.optimize.thrust_schedule import ScheduleSpec
-from descent_opt.scenarios import TERRAIN_KINDS, ScenarioSpec, TerrainSpec
+from descent_opt.scenarios import TERRAIN_KINDS, ScenarioSampler, ScenarioSpec, TerrainSpec
 from descent_opt.sensors import ImuSpec, LrfSpec
 from descent_opt.simulate import SimSpec
 
-EXPERIMENTS = ("robust_gains", "thrust_schedule")
+EXPERIMENTS = JOBS
 PRECISIONS = ("float32", "float64")
 
 
@@ -70,6 +71,16 @@ class RunConfig:
     precision: str = "float32"
     schedule: ScheduleSpec | None = None
     schedule_batch_size: int = 64
+
+    def sampler(self, faults: FaultCatalog | None = None) -> ScenarioSampler:
+        """Scenario sampler: the configured dispersion and terrain, with ``faults`` (default:
+        the configured fault catalog)."""
+        return ScenarioSampler(
+            self.scenario,
+            self.terrain,
+            self.faults if faults is None else faults,
+            self.vehicle.mass_initial_kg,
+        )
 
 
 class _Group:

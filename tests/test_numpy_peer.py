@@ -31,7 +31,6 @@ import descent_opt
 from descent_opt import guidance, sensors
 from descent_opt.faults import FaultCatalog
 from descent_opt.objectives import landing_metrics
-from descent_opt.robust_gains import make_sampler
 from descent_opt.scenarios import ScenarioSpec, TerrainSpec, sample_scenarios
 from descent_opt.simulate import Outcome, SimSpec, simulate
 
@@ -152,7 +151,7 @@ def realistic_pair():
     default gains), flown by both implementations on the same population."""
     config = descent_opt.load_config([])
     gains = guidance.default_gains(config.altitude_breakpoints_m)
-    population = make_sampler(config, config.faults)(jax.random.key(0), N_STATISTICAL)
+    population = config.sampler()(jax.random.key(0), N_STATISTICAL)
     reference = jax.tree.map(np.asarray, simulate(config.sim, gains, population))
     ours = ncl.simulate_numpy(config.sim, gains, ncl.scenarios_to_numpy(population), seed=0)
     as_outcome = Outcome(**{name: ours[name] for name in ncl.OUTCOME_FIELDS})

@@ -96,14 +96,13 @@ def closed_loop(populations: list[int], repeats: int, numpy_repeats: int) -> dic
 
     import descent_opt
     from descent_opt.guidance import default_gains
-    from descent_opt.robust_gains import make_sampler
     from descent_opt.simulate import simulate
 
     config = descent_opt.load_config([])
     spec = config.sim
     gains = default_gains(config.altitude_breakpoints_m)
     model = peer.model_from_spec(spec, gains)
-    sampler = make_sampler(config, config.faults)
+    sampler = config.sampler()
     steps = spec.n_steps
     cores = os.cpu_count() or 1
     rows = []
@@ -160,7 +159,6 @@ def _training_objective(config, n: int, duration_s: float | None = None):
 
     from descent_opt.guidance import default_gains
     from descent_opt.optimize.gains import population_risk, to_params
-    from descent_opt.robust_gains import make_sampler
 
     spec = eqx.tree_at(
         lambda s: (s.gate_softness, s.unrolled), config.sim, (config.optimizer.gate_softness, False)
@@ -168,7 +166,7 @@ def _training_objective(config, n: int, duration_s: float | None = None):
     if duration_s is not None:
         spec = eqx.tree_at(lambda s: s.duration_s, spec, duration_s)
     gains = default_gains(config.altitude_breakpoints_m)
-    scenarios = make_sampler(config, config.faults)(jax.random.key(1), n)
+    scenarios = config.sampler()(jax.random.key(1), n)
 
     def objective(params, scenarios):
         return population_risk(
@@ -222,7 +220,7 @@ import jax, equinox as eqx
 import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.optimize import gains as tuning
-from descent_opt.robust_gains import make_sampler, m2_replay_scenario
+from descent_opt.jobs.robust_gains import m2_replay_scenario
 from descent_opt.simulate import _simulate, simulate_traces
 
 config = descent_opt.load_config(["+experiment=robust_gains"])
@@ -231,7 +229,7 @@ train = config.optimizer
 spec = eqx.tree_at(
     lambda s: (s.gate_softness, s.unrolled), config.sim, (train.gate_softness, False)
 )
-sampler = make_sampler(config, config.faults)
+sampler = config.sampler()
 params = tuning.to_params(gains)
 opt_state = tuning._optimizer(train).init(params)
 out = {}
@@ -305,12 +303,11 @@ def roofline(population: int = 65536) -> dict:
     from descent_opt import noise
     from descent_opt import simulate as sim
     from descent_opt.guidance import default_gains, prepare
-    from descent_opt.robust_gains import make_sampler
 
     config = descent_opt.load_config([])
     spec = config.sim
     gains = default_gains(config.altitude_breakpoints_m)
-    scenarios = make_sampler(config, config.faults)(jax.random.key(0), population)
+    scenarios = config.sampler()(jax.random.key(0), population)
     flight = sim._Flight.of(scenarios, spec.unrolled)
     schedule = prepare(gains, unrolled=spec.unrolled)
     carry = jax.vmap(lambda f: sim._initial_carry(spec, schedule, f))(flight)

@@ -959,14 +959,13 @@ def main() -> None:
 
     import descent_opt
     from descent_opt.guidance import default_gains
-    from descent_opt.robust_gains import make_sampler
     from descent_opt.simulate import simulate
 
     config = descent_opt.load_config([])
     spec = config.sim
     gains = default_gains(config.altitude_breakpoints_m)
     model = model_from_spec(spec, gains)
-    sampler = make_sampler(config, config.faults)
+    sampler = config.sampler()
     block = args.block_size or None
     print(f"{model.n_steps} steps per scenario; {os.cpu_count()} CPUs; numpy {np.__version__}")
     pools = {p: NumpyPool(p) for p in args.processes if p > 1}

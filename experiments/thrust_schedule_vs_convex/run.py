@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 import descent_opt
+from descent_opt.jobs.thrust_schedule import sample_problems
 from descent_opt.optimize.thrust_schedule import solve_schedules
-from descent_opt.thrust_schedule import sample_problems
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 import reference_convex as rc  # noqa: E402

@@ -68,7 +68,10 @@ def _why_infeasible(config: RunConfig, s: Schedule, i: int) -> str:
     )
 
 
-def run_thrust_schedule(config: RunConfig) -> ThrustScheduleResult:
+BAD_INPUT = (InfeasibleProblem,)
+
+
+def run(config: RunConfig, *, progress=None) -> ThrustScheduleResult:
     """Solve the batch; raise :class:`InfeasibleProblem` if the nominal problem has no
     schedule."""
     start = time.perf_counter()
@@ -184,3 +187,15 @@ def write_outputs(result: ThrustScheduleResult, config: RunConfig, directory, wa
             "metrics.json",
         )
     ]
+
+
+def summary(result: ThrustScheduleResult) -> str:
+    """The lines printed at the end of the job."""
+    m = result.metrics
+    b = m["batch"]
+    return (
+        f"Nominal: {m['fuel_kg']:.2f} kg in {m['time_of_flight_s']:.1f} s, terminal error "
+        f"{m['terminal_position_error_m']:.3f} m / {m['terminal_velocity_error_mps']:.4f} m/s\n"
+        f"Batch: {b['n_converged']}/{b['n_problems']} converged, fuel {b['fuel_kg_min']:.2f}-"
+        f"{b['fuel_kg_max']:.2f} kg (mean {b['fuel_kg_mean']:.2f})"
+    )

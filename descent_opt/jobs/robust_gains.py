@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -26,11 +25,11 @@ from descent_opt.config import RunConfig
 from descent_opt.export import gains_to_dict, load_gains, write_gain_table, write_text_atomic
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains, default_gains
+from descent_opt.jobs import Progress
 from descent_opt.objectives import LandingMetrics, landing_metrics, summarize
 from descent_opt.optimize.gains import tune_gains
 from descent_opt.scenarios import (
     Scenario,
-    ScenarioSampler,
     TerrainSpec,
     replace_member,
     sample_scenarios,
@@ -47,11 +46,6 @@ class RobustGainsResult:
     heldout: Scenario
     heldout_metrics: dict[str, LandingMetrics]
     m2_traces: dict[str, Trace]
-
-
-def make_sampler(config: RunConfig, catalog: FaultCatalog) -> ScenarioSampler:
-    """Scenario sampler: the configured dispersion and terrain, with ``catalog``'s faults."""
-    return ScenarioSampler(config.scenario, config.terrain, catalog, config.vehicle.mass_initial_kg)
 
 
 def evaluate(config: RunConfig, gains: Gains, scenarios: Scenario) -> LandingMetrics:
@@ -97,15 +91,15 @@ def _replay_block(config: RunConfig, outcome) -> dict:
     }
 
 
-def run_robust_gains(
+def run(
     config: RunConfig,
     *,
-    progress: Callable[[str, int, int, dict], None] | None = None,
+    progress: Progress | None = None,
     initial: Gains | None = None,
 ) -> RobustGainsResult:
     """Tune baseline and robust gains, evaluate both, replay Mission 2.
 
-    ``progress(phase, step, total, parts)`` is called after every optimisation step."""
+    ``progress`` (:class:`~descent_opt.jobs.Progress`) is told of every optimisation step."""
     start = time.perf_counter()
     if config.precision == "float64":
         jax.config.update("jax_enable_x64", True)  # global: affects arrays created from here on
@@ -121,11 +115,19 @@ def run_robust_gains(
 
     def tune(phase, catalog, k):
         steps = config.optimizer.steps
-        callback = None if progress is None else (lambda i, parts: progress(phase, i, steps, parts))
+        callback = None
+        if progress is not None:
+            callback = lambda i, parts: progress(  # noqa: E731
+                f"tuning {phase} gains",
+                1,
+                steps,
+                "step",
+                {"objective": parts["objective"], "fuel": parts["fuel_fraction"]},
+            )
         return tune_gains(
             config.sim,
             initial,
-            make_sampler(config, catalog),
+            config.sampler(catalog),
             config.success,
             config.objective,
             config.optimizer,
@@ -140,8 +142,8 @@ def run_robust_gains(
     heldout_key = jax.random.key(config.seed + config.evaluation.seed_offset)
     k_faulty, k_clean = jax.random.split(heldout_key)
     n = config.evaluation.n_scenarios
-    heldout = make_sampler(config, config.faults)(k_faulty, n)
-    clean = make_sampler(config, nominal)(k_clean, n)
+    heldout = config.sampler()(k_faulty, n)
+    clean = config.sampler(nominal)(k_clean, n)
     held = {
         name: evaluate(config, g, heldout)
         for name, g in (("baseline", baseline), ("optimized", optimized))
@@ -192,6 +194,14 @@ def run_robust_gains(
         heldout_metrics=held,
         m2_traces=traces,
     )
+
+
+run_robust_gains = run
+
+
+def summary(result: RobustGainsResult) -> str:
+    """The table printed at the end of the job."""
+    return report.summary_table(result.metrics)
 
 
 def _by_fault(population: Scenario, held: dict[str, LandingMetrics]) -> dict:

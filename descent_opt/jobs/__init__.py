@@ -1,0 +1,33 @@
+"""The jobs the command line runs, one module each, found by name.
+
+A job module exposes ``run(config, *, progress=None) -> result`` (``progress`` a
+:class:`Progress`), ``write_outputs(result,
+config, directory, wall_time_s)`` (``metrics.json`` last) and ``summary(result) -> str`` (the
+table printed at the end), and may list ``BAD_INPUT``: exceptions of its own that mean the
+configuration asks for something impossible (reported as one line, exit 2). Jobs are
+imported only when run, so validating ``+experiment`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Protocol
+
+JOBS = ("robust_gains", "thrust_schedule")
+
+
+def job(name: str) -> ModuleType:
+    """The module of job ``name`` (one of :data:`JOBS`)."""
+    if name not in JOBS:
+        raise KeyError(f"unknown job {name!r}; jobs: {', '.join(JOBS)}")
+    return importlib.import_module(f"descent_opt.jobs.{name}")
+
+
+class Progress(Protocol):
+    """Told of work done: ``advance`` more of ``total`` units (e.g. "step", "scenario") in
+    ``phase``, with a few figures to show beside the bar."""
+
+    def __call__(
+        self, phase: str, advance: int, total: int, unit: str, info: dict[str, float]
+    ) -> None: ...
