@@ -39,8 +39,18 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSpec:
+    """Held-out and Monte Carlo populations."""
+
     n_scenarios: int = 2048
     seed_offset: int = 1_000_003  # held-out population: seed + offset
+    chunk_size: int | None = None  # scenarios drawn and flown at a time; None: automatic
+    keep_failures: int = 20  # worst failures listed in metrics.json
+    save_scenarios: bool = False  # write every scenario's parameters and outcome
+    indices: tuple[int, ...] | None = None  # re-fly exactly these members
+
+
+MAX_INDEX = 2**32 - 1  # members are drawn with fold_in of a 32-bit index
+MAX_REFLY = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +81,15 @@ class RunConfig:
     precision: str = "float32"
     schedule: ScheduleSpec | None = None
     schedule_batch_size: int = 64
+
+    def population_key(self, nominal_sensors: bool = False):
+        """Key of the held-out population (``seed + evaluation.seed_offset``): the one with
+        the configured faults, or its twin with nominal sensors. ``monte_carlo`` and the
+        main job's held-out evaluation fly the same members."""
+        import jax
+
+        key = jax.random.key(self.seed + self.evaluation.seed_offset)
+        return jax.random.split(key)[1 if nominal_sensors else 0]
 
     def sampler(self, faults: FaultCatalog | None = None) -> ScenarioSampler:
         """Scenario sampler: the configured dispersion and terrain, with ``faults`` (default:
@@ -181,6 +200,38 @@ def _vehicle(cfg) -> Vehicle:
     if v.thrust_min_n > v.thrust_max_n:
         raise ConfigError("vehicle.thrust_min_n", "at most vehicle.thrust_max_n", v.thrust_min_n)
     return v
+
+
+def _evaluation(cfg) -> EvaluationSpec:
+    ev = _Group(cfg, "evaluation")
+    chunk = ev.raw("chunk_size", "auto")
+    indices = ev.raw("indices", "none")
+    spec = EvaluationSpec(
+        n_scenarios=ev.number("n_scenarios", 2048, lo=1, hi=MAX_INDEX, integer=True),
+        seed_offset=ev.number("seed_offset", 1_000_003, lo=1, integer=True),
+        chunk_size=None
+        if chunk in ("auto", None)
+        else ev.number("chunk_size", lo=1, hi=1 << 26, integer=True),
+        keep_failures=ev.number("keep_failures", 20, lo=0, hi=100_000, integer=True),
+        save_scenarios=ev.flag("save_scenarios", False),
+        indices=None if indices in ("none", None) else _indices(ev, indices),
+    )
+    ev.done()
+    return spec
+
+
+def _indices(ev: _Group, value) -> tuple[int, ...]:
+    allowed = (
+        f"a list of 1 to {MAX_REFLY} distinct scenario indices, integers from 0 to {MAX_INDEX}"
+    )
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise ConfigError(ev.key("indices"), allowed, value)
+    ok = 0 < len(value) <= MAX_REFLY and all(
+        not isinstance(i, bool) and isinstance(i, int) and 0 <= i <= MAX_INDEX for i in value
+    )
+    if not ok or len(set(value)) != len(value):
+        raise ConfigError(ev.key("indices"), allowed, list(value))
+    return tuple(int(i) for i in value)
 
 
 def from_mapping(cfg: Mapping) -> RunConfig:
@@ -356,12 +407,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     )
     op.done()
 
-    ev = _Group(cfg, "evaluation")
-    evaluation = EvaluationSpec(
-        n_scenarios=ev.number("n_scenarios", 2048, lo=1, integer=True),
-        seed_offset=ev.number("seed_offset", 1_000_003, lo=1, integer=True),
-    )
-    ev.done()
+    evaluation = _evaluation(cfg)
 
     rp = _Group(cfg, "replay")
     replay = ReplaySpec(

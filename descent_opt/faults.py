@@ -67,18 +67,18 @@ class Faults(eqx.Module):
     rim_radius_m: Float[Array, "*batch"]
 
 
-def sample_faults(
-    catalog: FaultCatalog, n: int, *, key: PRNGKeyArray, no_acquisition_m: float = 1e9
+def sample_fault(
+    catalog: FaultCatalog, *, key: PRNGKeyArray, no_acquisition_m: float = 1e9
 ) -> Faults:
-    """Draw fault parameters for ``n`` scenarios. Units without the late-acquisition fault
+    """Draw the fault parameters of one scenario. Units without the late-acquisition fault
     acquire at ``no_acquisition_m`` (i.e. only the design maximum range limits them)."""
     keys = jax.random.split(key, 16)
 
     def occurs(k, rate):
-        return jax.random.bernoulli(k, rate, (n,))
+        return jax.random.bernoulli(k, rate)
 
     def uniform(k, bounds):
-        return jax.random.uniform(k, (n,), minval=bounds[0], maxval=bounds[1])
+        return jax.random.uniform(k, minval=bounds[0], maxval=bounds[1])
 
     late = occurs(keys[0], catalog.late_acquisition_rate)
     acquisition = jnp.where(late, uniform(keys[1], catalog.acquisition_range_m), no_acquisition_m)
@@ -88,8 +88,8 @@ def sample_faults(
     dropout = jnp.where(
         occurs(keys[4], catalog.dropout_rate), uniform(keys[5], catalog.dropout_prob), 0.0
     )
-    bias = catalog.bias_sigma_m * jax.random.normal(keys[6], (n,))
-    scale = 1.0 + catalog.scale_factor_sigma * jax.random.normal(keys[7], (n,))
+    bias = catalog.bias_sigma_m * jax.random.normal(keys[6])
+    scale = 1.0 + catalog.scale_factor_sigma * jax.random.normal(keys[7])
     tail = jnp.where(
         occurs(keys[8], catalog.dark_terrain_rate),
         uniform(keys[9], catalog.heavy_tail_scale_m),
@@ -108,3 +108,8 @@ def sample_faults(
         rim_step_height_m=jnp.where(rim, uniform(keys[12], catalog.rim_step_height_m), 0.0),
         rim_radius_m=uniform(keys[13], catalog.rim_radius_m),
     )
+
+
+def sample_faults(catalog: FaultCatalog, n: int, *, key: PRNGKeyArray) -> Faults:
+    """Fault parameters of ``n`` scenarios, one key each split from ``key``."""
+    return jax.vmap(lambda k: sample_fault(catalog, key=k))(jax.random.split(key, n))

@@ -47,3 +47,12 @@ def map_shares(fn: Callable, batch, workers: int, multiple: int = 1):
     with ThreadPoolExecutor(workers) as pool:
         parts = list(pool.map(run, range(workers)))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:n], *parts)
+
+
+def map_pieces(fn: Callable, pieces: list, workers: int) -> list:
+    """``fn`` of each piece, ``workers`` pieces at a time from as many threads, results in
+    order. For work whose pieces must all have the same shape (one compiled program)."""
+    if workers <= 1 or len(pieces) == 1:
+        return [fn(p) for p in pieces]
+    with ThreadPoolExecutor(min(workers, len(pieces))) as pool:
+        return list(pool.map(fn, pieces))

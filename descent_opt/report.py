@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from descent_opt.objectives import LandingMetrics
 from descent_opt.simulate import Trace
 
 COLORS = {"baseline": "tab:red", "optimized": "tab:blue", "candidate": "tab:green"}
@@ -22,29 +21,21 @@ def _pyplot():
 
 
 def plot_touchdown_speeds(
-    baseline: LandingMetrics, optimized: LandingMetrics, limit_mps: float, path: Path
+    records: dict[str, dict[str, np.ndarray]], limit_mps: float, path: Path
 ) -> None:
-    """Distributions of touchdown vertical speed, baseline vs optimized."""
+    """Distributions of touchdown vertical speed of each gain table over one population."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    b = np.asarray(baseline.vertical_speed_mps)
-    o = np.asarray(optimized.vertical_speed_mps)
-    top = max(float(np.max(b)), float(np.max(o)), limit_mps * 2)
+    top = max([limit_mps * 2] + [float(np.max(r["touchdown_vz_mps"])) for r in records.values()])
     bins = np.linspace(0.0, top, 60)
-    ax.hist(
-        b,
-        bins=bins,
-        alpha=0.6,
-        color=COLORS["baseline"],
-        label=f"baseline (success {np.mean(baseline.success):.1%})",
-    )
-    ax.hist(
-        o,
-        bins=bins,
-        alpha=0.6,
-        color=COLORS["optimized"],
-        label=f"optimized (success {np.mean(optimized.success):.1%})",
-    )
+    for name, r in records.items():
+        ax.hist(
+            r["touchdown_vz_mps"],
+            bins=bins,
+            alpha=0.6,
+            color=COLORS.get(name, "k"),
+            label=f"{name} (success {np.mean(r['success']):.1%})",
+        )
     ax.axvline(limit_mps, color="k", ls="--", lw=1, label=f"limit {limit_mps:g} m/s")
     ax.set_yscale("log")
     ax.set_xlabel("touchdown vertical speed (m/s)")
@@ -65,12 +56,11 @@ def success_by_bin(values, success, edges) -> tuple[np.ndarray, np.ndarray]:
         return hits / counts, counts
 
 
-def plot_success_vs_acquisition(
-    acquisition_m, baseline: LandingMetrics, optimized: LandingMetrics, path: Path
-) -> None:
-    """Success rate versus the altitude at which the LRF first gives a valid range."""
+def plot_success_vs_acquisition(records: dict[str, dict[str, np.ndarray]], path: Path) -> None:
+    """Success rate of each gain table versus the altitude at which the LRF first gives a
+    valid range."""
     plt = _pyplot()
-    acquisition_m = np.asarray(acquisition_m)
+    acquisition_m = next(iter(records.values()))["acquisition_range_m"]
     finite = acquisition_m < 1e8
     lo, hi = (
         (float(acquisition_m[finite].min()), float(acquisition_m[finite].max()))
@@ -80,15 +70,131 @@ def plot_success_vs_acquisition(
     edges = np.linspace(lo, hi + 1e-6, 9)
     centres = 0.5 * (edges[1:] + edges[:-1])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, m in (("baseline", baseline), ("optimized", optimized)):
-        rate, _ = success_by_bin(acquisition_m[finite], np.asarray(m.success)[finite], edges)
-        ax.plot(centres, rate, marker="o", color=COLORS[name], label=name)
+    for name, r in records.items():
+        rate, _ = success_by_bin(acquisition_m[finite], r["success"][finite], edges)
+        ax.plot(centres, rate, marker="o", color=COLORS.get(name, "k"), label=name)
     ax.set_xlabel("LRF first valid range (m)")
     ax.set_ylabel("success rate")
     ax.set_ylim(0.0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Success versus LRF acquisition altitude")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_speed_exceedance(
+    histograms: dict[str, np.ndarray],
+    edges_mps: np.ndarray,
+    limits_mps: dict[str, float],
+    crash_speed_mps: float,
+    path: Path,
+) -> None:
+    """Probability that the touchdown speed exceeds v, on log axes, from the streamed
+    histograms (bin ``k`` counts speeds in ``[edges[k-1], edges[k])``), with the limits."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(histograms), figsize=(5.5 * len(histograms), 4))
+    for ax, (name, counts) in zip(np.atleast_1d(axes), histograms.items()):
+        total = counts.sum()
+        # P(speed >= edges[k]) = share of counts in bins k+1 and above.
+        above = counts[::-1].cumsum()[::-1][1:] / max(total, 1)
+        keep = above > 0
+        ax.step(edges_mps[keep], above[keep], where="post", color="tab:blue")
+        ax.axvline(
+            limits_mps[name], color="k", ls="--", lw=1, label=f"limit {limits_mps[name]:g} m/s"
+        )
+        if name == "touchdown_vz_mps":
+            ax.axvline(
+                crash_speed_mps,
+                color="tab:red",
+                ls=":",
+                lw=1,
+                label=f"crash {crash_speed_mps:g} m/s",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(("vertical" if "vz" in name else "horizontal") + " touchdown speed v (m/s)")
+        ax.set_ylabel("P(speed >= v)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"Touchdown speeds over {int(next(iter(histograms.values())).sum()):,} scenarios")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_success_vs_faults(by_parameter: dict[str, dict], path: Path) -> None:
+    """Success rate against each fault parameter, per bin, with the 95 % Clopper-Pearson
+    band (only scenarios that carry the fault)."""
+    from descent_opt.statistics import clopper_pearson
+
+    plt = _pyplot()
+    names = list(by_parameter)
+    cols = 4
+    rows = max(1, -(-len(names) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        entry = by_parameter[name]
+        edges, n, hits = entry["edges"], entry["n"], entry["success"]
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        has = n > 0
+        rate = np.where(has, hits / np.maximum(n, 1), np.nan)
+        band = np.array([clopper_pearson(int(h), int(m)) for h, m in zip(hits, n)])
+        ax.fill_between(centres[has], band[has, 0], band[has, 1], alpha=0.3, color="tab:blue")
+        ax.plot(centres[has], rate[has], marker="o", ms=3, color="tab:blue")
+        ax.set_xlabel(name)
+        ax.set_ylim(min(0.9, float(np.nanmin(band[has, 0])) if has.any() else 0.9), 1.005)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(names) :]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("success rate (95 % band)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_member(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> None:
+    """One re-flown scenario: altitude (true, estimated, LRF samples accepted and
+    rejected), vertical speed, contingency and propellant against time."""
+    plt = _pyplot()
+    t = np.asarray(trace.time_s)
+    h = np.asarray(trace.height_m)
+    end = int(np.argmax(h <= 0.0)) + 1 if np.any(h <= 0.0) else len(h)
+    t = t[:end]
+    cut = lambda x: np.asarray(x)[:end]  # noqa: E731
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    ax = axes[0]
+    ax.plot(t, cut(trace.altitude_m), color="k", label="altitude, true")
+    ax.plot(t, cut(trace.altitude_estimate_m), color="tab:blue", ls="--", label="estimated")
+    sampled, accepted = cut(trace.lrf_sampled), cut(trace.lrf_accepted)
+    lrf = cut(trace.lrf_altitude_m)
+    ax.plot(t[accepted], lrf[accepted], ".", ms=3, color="tab:green", label="LRF accepted")
+    rejected = sampled & ~accepted
+    ax.plot(t[rejected], lrf[rejected], "x", ms=4, color="tab:red", label="LRF rejected")
+    ax.set_ylabel("altitude (m)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    ax.plot(t, -cut(trace.vertical_speed_mps), color="k", label="descent rate, true")
+    ax.plot(
+        t, -cut(trace.vertical_speed_estimate_mps), color="tab:blue", ls="--", label="estimated"
+    )
+    contingency = cut(trace.contingency)
+    if contingency.any():
+        ax.fill_between(
+            t, 0, 1, where=contingency, transform=ax.get_xaxis_transform(), color="tab:orange",
+            alpha=0.2, label="contingency envelope",
+        )  # fmt: skip
+    ax.set_ylabel("descent rate (m/s)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[2]
+    ax.plot(t, cut(trace.mass_kg) - mass_dry_kg, color="k")
+    ax.set_ylabel("propellant (kg)")
+    ax.set_xlabel("time (s)")
+    ax.grid(alpha=0.3)
+    axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,7 +1,9 @@
 """Scenario populations: initial states, navigation knowledge errors, terrain and faults.
 
 A :class:`Scenario` holds everything random about one descent; a population is the same
-Module with a leading batch axis on every leaf, drawn from one PRNG key.
+Module with a leading batch axis on every leaf. Scenario ``i`` of the population of key
+``key`` is drawn from ``jax.random.fold_in(key, i)`` alone: the same member whatever the
+population size, the chunk it is flown in, the device or the process (indices below 2^32).
 """
 
 from __future__ import annotations
@@ -9,10 +11,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from descent_opt import terrain as terrain_lib
-from descent_opt.faults import FaultCatalog, Faults, sample_faults
+from descent_opt.faults import FaultCatalog, Faults, sample_fault
 
 TERRAIN_KINDS = ("flat", "slope", "crater", "crater_field")
 
@@ -87,62 +89,84 @@ def base_terrain(spec: TerrainSpec, *, key: PRNGKeyArray) -> terrain_lib.Terrain
     raise ValueError(f"terrain.kind: {spec.kind!r} is not one of {TERRAIN_KINDS}")
 
 
-def sample_scenarios(
+def sample_scenario(
     spec: ScenarioSpec,
     terrain_spec: TerrainSpec,
     catalog: FaultCatalog,
     mass_initial_kg: float,
-    n: int,
     *,
     key: PRNGKeyArray,
-    nominal_first: bool = False,
 ) -> Scenario:
-    """Draw ``n`` scenarios. With ``nominal_first`` member 0 has no dispersion and no
-    knowledge error (its faults and terrain are still drawn)."""
+    """Draw one scenario (no batch axis) from its own key."""
     k_r, k_v, k_m, k_np, k_nv, k_b, k_f, k_t, k_s = jax.random.split(key, 9)
-    normal = lambda k, sigma: jax.random.normal(k, (n, 3)) * jnp.asarray(sigma)  # noqa: E731
-    position = jnp.asarray(spec.r0_m) + normal(k_r, spec.position_sigma_m)
-    velocity = jnp.asarray(spec.v0_mps) + normal(k_v, spec.velocity_sigma_mps)
-    mass = mass_initial_kg + spec.mass_sigma_kg * jax.random.normal(k_m, (n,))
+    normal = lambda k, sigma: jax.random.normal(k, (3,)) * jnp.asarray(sigma)  # noqa: E731
     nav_pos_sigma = (
         spec.nav_horizontal_sigma_m,
         spec.nav_horizontal_sigma_m,
         spec.nav_altitude_sigma_m,
     )
-    nav_position_error = normal(k_np, nav_pos_sigma)
-    nav_velocity_error = normal(k_nv, spec.nav_velocity_sigma_mps)
-    if nominal_first:
-        position = position.at[0].set(jnp.asarray(spec.r0_m))
-        velocity = velocity.at[0].set(jnp.asarray(spec.v0_mps))
-        mass = mass.at[0].set(mass_initial_kg)
-        nav_position_error = nav_position_error.at[0].set(0.0)
-        nav_velocity_error = nav_velocity_error.at[0].set(0.0)
-    faults = sample_faults(catalog, n, key=k_f)
-    terrains = jax.vmap(lambda k: base_terrain(terrain_spec, key=k))(jax.random.split(k_t, n))
-    terrains = jax.vmap(terrain_lib.with_rim_step)(
-        terrains, faults.rim_step_height_m, faults.rim_radius_m
+    faults = sample_fault(catalog, key=k_f)
+    terrain = terrain_lib.with_rim_step(
+        base_terrain(terrain_spec, key=k_t), faults.rim_step_height_m, faults.rim_radius_m
     )
     return Scenario(
-        position0_m=position,
-        velocity0_mps=velocity,
-        mass0_kg=mass,
-        nav_position_error_m=nav_position_error,
-        nav_velocity_error_mps=nav_velocity_error,
+        position0_m=jnp.asarray(spec.r0_m) + normal(k_r, spec.position_sigma_m),
+        velocity0_mps=jnp.asarray(spec.v0_mps) + normal(k_v, spec.velocity_sigma_mps),
+        mass0_kg=mass_initial_kg + spec.mass_sigma_kg * jax.random.normal(k_m),
+        nav_position_error_m=normal(k_np, nav_pos_sigma),
+        nav_velocity_error_mps=normal(k_nv, spec.nav_velocity_sigma_mps),
         imu_bias_mps2=normal(k_b, spec.imu_bias_sigma_mps2),
         faults=faults,
-        terrain=terrains,
-        key=jax.random.split(k_s, n),
+        terrain=terrain,
+        key=k_s,
     )
+
+
+def sample_scenarios(
+    spec: ScenarioSpec,
+    terrain_spec: TerrainSpec,
+    catalog: FaultCatalog,
+    mass_initial_kg: float,
+    n: int | None = None,
+    *,
+    key: PRNGKeyArray,
+    indices: Int[Array, " n"] | None = None,
+    nominal_first: bool = False,
+) -> Scenario:
+    """Members ``indices`` (default ``0 .. n-1``) of the population of ``key``: member ``i``
+    from ``fold_in(key, i)``. With ``nominal_first`` the first member drawn has no
+    dispersion and no knowledge error (its faults and terrain are still drawn)."""
+    if indices is None:
+        if n is None:
+            raise TypeError("sample_scenarios: give n or indices")
+        indices = jnp.arange(n, dtype=jnp.uint32)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices, jnp.uint32))
+    population = jax.vmap(
+        lambda k: sample_scenario(spec, terrain_spec, catalog, mass_initial_kg, key=k)
+    )(keys)
+    if nominal_first:
+        zero = jnp.zeros(3)
+        population = replace_member(
+            population,
+            0,
+            position0_m=jnp.asarray(spec.r0_m),
+            velocity0_mps=jnp.asarray(spec.v0_mps),
+            mass0_kg=mass_initial_kg,
+            nav_position_error_m=zero,
+            nav_velocity_error_mps=zero,
+        )
+    return population
 
 
 class ScenarioSampler(eqx.Module):
-    """``sampler(key, n)`` draws a population. The fault catalog is held as arrays, so
-    samplers that differ only in fault rates and ranges trace to the same program."""
+    """``sampler(key, n)`` draws members ``0 .. n-1`` of the population of ``key``,
+    ``sampler.members(key, indices)`` any members of it. The fault catalog is held as arrays,
+    so samplers that differ only in fault rates and ranges trace to the same program."""
 
     spec: ScenarioSpec
     terrain: TerrainSpec
     catalog: FaultCatalog
-    mass_initial_kg: float
+    mass_initial_kg: Float[Array, ""]
 
     def __init__(
         self,
@@ -151,14 +175,18 @@ class ScenarioSampler(eqx.Module):
         catalog: FaultCatalog,
         mass_initial_kg: float,
     ):
-        self.spec = spec
-        self.terrain = terrain
-        self.catalog = jax.tree.map(lambda x: jnp.asarray(x, dtype=float), catalog)
-        self.mass_initial_kg = mass_initial_kg
+        as_arrays = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype=float), tree)  # noqa: E731
+        self.spec = as_arrays(spec)
+        self.terrain = as_arrays(terrain)
+        self.catalog = as_arrays(catalog)
+        self.mass_initial_kg = as_arrays(mass_initial_kg)
 
     def __call__(self, key: PRNGKeyArray, n: int) -> Scenario:
+        return self.members(key, jnp.arange(n, dtype=jnp.uint32))
+
+    def members(self, key: PRNGKeyArray, indices: Int[Array, " n"]) -> Scenario:
         return sample_scenarios(
-            self.spec, self.terrain, self.catalog, self.mass_initial_kg, n, key=key
+            self.spec, self.terrain, self.catalog, self.mass_initial_kg, key=key, indices=indices
         )
 
 

@@ -108,7 +108,9 @@ class Trace(eqx.Module):
     tilt_deg: Float[Array, " t"]
     thrust_n: Float[Array, " t"]
     mass_kg: Float[Array, " t"]
-    lrf_accepted: Bool[Array, " t"]
+    lrf_altitude_m: Float[Array, " t"]  # LRF range times the beam's vertical component
+    lrf_sampled: Bool[Array, " t"]  # a valid LRF reading reached the filter this step
+    lrf_accepted: Bool[Array, " t"]  # ... and passed its gate
     contingency: Bool[Array, " t"]
 
 
@@ -234,9 +236,10 @@ def _step(
     sample_due = jnp.floor((index + 1) * dt * spec.lrf.rate_hz) > jnp.floor(
         index * dt * spec.lrf.rate_hz
     )
+    lrf_altitude = measured * axis[2]
     nav, accepted = navigation.update(
         nav,
-        measured * axis[2],
+        lrf_altitude,
         valid & sample_due,
         gains.nav,
         dt,
@@ -281,6 +284,8 @@ def _step(
         tilt_deg=dynamics.tilt_deg(after),
         thrust_n=after.thrust_n,
         mass_kg=after.mass_kg,
+        lrf_altitude_m=lrf_altitude,
+        lrf_sampled=valid & sample_due,
         lrf_accepted=accepted,
         contingency=contingency,
     )

@@ -53,16 +53,43 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("override,key", BAD_INPUTS)
-def test_bad_input_is_one_line_and_leaves_no_result(tmp_path, override, key):
+# The monte_carlo job's keys.
+BAD_MONTE_CARLO = [
+    ("evaluation.n_scenarios=0", "evaluation.n_scenarios"),
+    ("evaluation.n_scenarios=2.5", "evaluation.n_scenarios"),
+    ("evaluation.n_scenarios=10000000000", "evaluation.n_scenarios"),
+    ("evaluation.chunk_size=0", "evaluation.chunk_size"),
+    ("evaluation.chunk_size=many", "evaluation.chunk_size"),
+    ("evaluation.keep_failures=-1", "evaluation.keep_failures"),
+    ("evaluation.save_scenarios=maybe", "evaluation.save_scenarios"),
+    ("evaluation.indices=[-1]", "evaluation.indices"),
+    ("evaluation.indices=[3,3]", "evaluation.indices"),
+    ("evaluation.indices=[]", "evaluation.indices"),
+    ("evaluation.indices=7", "evaluation.indices"),
+    ("evaluation.indices=[1.5]", "evaluation.indices"),
+    ("evaluation.seed_offset=0", "evaluation.seed_offset"),
+    ("gains=/no/such/gains.json", "gains"),
+]
+RESULT_FILES = (
+    "metrics.json", "gains.json", "gains.csv", "gains.h", "scenarios.npz", "traces.npz",
+    "touchdown_speed.png", "success_vs_faults.png",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "experiment,override,key",
+    [("robust_gains", *case) for case in BAD_INPUTS]
+    + [("monte_carlo", *case) for case in BAD_MONTE_CARLO],
+)
+def test_bad_input_is_one_line_and_leaves_no_result(tmp_path, experiment, override, key):
     out = tmp_path / "run"
-    proc = run_cli(["+experiment=robust_gains", override, f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli([f"+experiment={experiment}", override, f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"error: {key}"), lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
-    for name in ("metrics.json", "gains.json", "gains.csv", "gains.h"):
+    for name in RESULT_FILES:
         assert not (out / name).exists()
 
 

@@ -14,7 +14,7 @@ import importlib
 from types import ModuleType
 from typing import Protocol
 
-JOBS = ("robust_gains", "thrust_schedule")
+JOBS = ("robust_gains", "monte_carlo", "thrust_schedule")
 
 
 def job(name: str) -> ModuleType:
@@ -31,3 +31,14 @@ class Progress(Protocol):
     def __call__(
         self, phase: str, advance: int, total: int, unit: str, info: dict[str, float]
     ) -> None: ...
+
+
+def scenario_progress(progress: Progress, phase: str, total: int):
+    """A population runner's ``progress(done, tally)`` reported as scenarios of ``phase``,
+    with the success rate so far."""
+
+    def report(done, tally):
+        c = tally.counts
+        progress(phase, done, total, "scenario", {"success": c["success"] / max(c["n"], 1)})
+
+    return report

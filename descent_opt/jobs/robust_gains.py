@@ -25,16 +25,17 @@ from descent_opt.config import RunConfig
 from descent_opt.export import gains_to_dict, load_gains, write_gain_table, write_text_atomic
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains, default_gains
-from descent_opt.jobs import Progress
-from descent_opt.objectives import LandingMetrics, landing_metrics, summarize
+from descent_opt.jobs import Progress, scenario_progress
+from descent_opt.objectives import landing_metrics
 from descent_opt.optimize.gains import tune_gains
+from descent_opt.population import PopulationResult, fly_population
 from descent_opt.scenarios import (
     Scenario,
     TerrainSpec,
     replace_member,
     sample_scenarios,
 )
-from descent_opt.simulate import Trace, simulate, simulate_traces
+from descent_opt.simulate import Trace, simulate_traces
 
 
 @dataclasses.dataclass
@@ -43,14 +44,36 @@ class RobustGainsResult:
     optimized: Gains
     metrics: dict
     history: dict[str, dict[str, np.ndarray]]
-    heldout: Scenario
-    heldout_metrics: dict[str, LandingMetrics]
+    heldout: dict[str, dict[str, np.ndarray]]  # per-scenario records of each gain table
     m2_traces: dict[str, Trace]
 
 
-def evaluate(config: RunConfig, gains: Gains, scenarios: Scenario) -> LandingMetrics:
-    """Hard-rule landing metrics of ``gains`` over a population."""
-    return landing_metrics(simulate(config.sim, gains, scenarios), config.success)
+def evaluate(
+    config: RunConfig,
+    gains: Gains,
+    *,
+    nominal_sensors: bool = False,
+    progress: Progress | None = None,
+) -> PopulationResult:
+    """Fly ``gains`` over the held-out population (``evaluation.n_scenarios`` members of
+    :meth:`RunConfig.population_key`), with the configured faults or nominal sensors,
+    through the same chunked runner as ``monte_carlo``; per-scenario records are kept for
+    the plots."""
+    faults = FaultCatalog.nominal(config.sim.lrf.max_range_m) if nominal_sensors else None
+    ev = config.evaluation
+    phase = "evaluating" + (" (nominal sensors)" if nominal_sensors else "")
+    return fly_population(
+        config.sim,
+        gains,
+        config.sampler(faults),
+        config.success,
+        ev.n_scenarios,
+        key=config.population_key(nominal_sensors),
+        chunk_size=ev.chunk_size,
+        keep_failures=ev.keep_failures,
+        keep_records=True,
+        progress=None if progress is None else scenario_progress(progress, phase, ev.n_scenarios),
+    )
 
 
 def m2_replay_scenario(config: RunConfig) -> Scenario:
@@ -139,18 +162,11 @@ def run(
     baseline, history_base = tune("baseline", nominal, k_base)
     optimized, history_opt = tune("optimized", config.faults, k_robust)
 
-    heldout_key = jax.random.key(config.seed + config.evaluation.seed_offset)
-    k_faulty, k_clean = jax.random.split(heldout_key)
-    n = config.evaluation.n_scenarios
-    heldout = config.sampler()(k_faulty, n)
-    clean = config.sampler(nominal)(k_clean, n)
-    held = {
-        name: evaluate(config, g, heldout)
-        for name, g in (("baseline", baseline), ("optimized", optimized))
-    }
+    gains = {"baseline": baseline, "optimized": optimized}
+    held = {name: evaluate(config, g, progress=progress) for name, g in gains.items()}
     held_clean = {
-        name: evaluate(config, g, clean)
-        for name, g in (("baseline", baseline), ("optimized", optimized))
+        name: evaluate(config, g, nominal_sensors=True, progress=progress)
+        for name, g in gains.items()
     }
 
     replay = m2_replay_scenario(config)
@@ -161,8 +177,8 @@ def run(
         m2[name] = _replay_block(config, outcome)
         traces[name] = jax.tree.map(lambda x: np.asarray(x)[0], trace)
 
-    summary = {name: summarize(m) for name, m in held.items()}
-    summary_clean = {name: summarize(m) for name, m in held_clean.items()}
+    summary = {name: r.tally.summary() for name, r in held.items()}
+    summary_clean = {name: r.tally.summary() for name, r in held_clean.items()}
     metrics = {
         "baseline": summary["baseline"],
         "optimized": summary["optimized"],
@@ -178,7 +194,7 @@ def run(
             "nominal_sensors": summary_clean["optimized"]["fuel_kg_mean"]
             - summary_clean["baseline"]["fuel_kg_mean"],
         },
-        "by_fault": _by_fault(heldout, held),
+        "by_fault": _by_fault(summary),
         "training": {
             name: {k: float(v[-1]) for k, v in h.items()}
             for name, h in (("baseline", history_base), ("optimized", history_opt))
@@ -190,8 +206,7 @@ def run(
         optimized=optimized,
         metrics=metrics,
         history={"baseline": history_base, "optimized": history_opt},
-        heldout=heldout,
-        heldout_metrics=held,
+        heldout={name: r.records for name, r in held.items()},
         m2_traces=traces,
     )
 
@@ -204,24 +219,16 @@ def summary(result: RobustGainsResult) -> str:
     return report.summary_table(result.metrics)
 
 
-def _by_fault(population: Scenario, held: dict[str, LandingMetrics]) -> dict:
-    """Success rate of each set of gains within each fault class of the population."""
-    f = jax.tree.map(np.asarray, population.faults)
-    classes = {
-        "acquisition_below_1200m": f.acquisition_range_m < 1200.0,
-        "latency": f.latency_s > 0.0,
-        "dropouts": f.dropout_prob > 0.0,
-        "dark_terrain": f.heavy_tail_scale_m > 0.0,
-        "lrf_absent": f.absent,
-        "rim_step": f.rim_step_height_m > 0.0,
-    }
+def _by_fault(summary: dict[str, dict]) -> dict:
+    """Success rate (and its 95 % interval) of each gain table within each fault class."""
+    names = list(summary)
     out = {}
-    for name, mask in classes.items():
-        entry = {"n_scenarios": int(mask.sum())}
-        for gains_name, m in held.items():
-            success = np.asarray(m.success)[mask]
-            entry[gains_name] = float(success.mean()) if success.size else None
-        out[name] = entry
+    for fault, entry in summary[names[0]]["by_fault"].items():
+        out[fault] = {"n_scenarios": entry["n_scenarios"]}
+        for name in names:
+            block = summary[name]["by_fault"][fault]
+            out[fault][name] = block["success_rate"]
+            out[fault][f"{name}_ci95"] = block["success_rate_ci95"]
     return out
 
 
@@ -251,16 +258,10 @@ def write_outputs(
     written.append(base_path)
     plots = {
         "touchdown_speed.png": lambda p: report.plot_touchdown_speeds(
-            result.heldout_metrics["baseline"],
-            result.heldout_metrics["optimized"],
-            config.success.vertical_speed_max_mps,
-            p,
+            result.heldout, config.success.vertical_speed_max_mps, p
         ),
         "success_vs_acquisition.png": lambda p: report.plot_success_vs_acquisition(
-            result.heldout.faults.acquisition_range_m,
-            result.heldout_metrics["baseline"],
-            result.heldout_metrics["optimized"],
-            p,
+            result.heldout, p
         ),
         "m2_replay.png": lambda p: report.plot_replay(
             result.m2_traces,

@@ -1,0 +1,411 @@
+"""Populations of any size, flown in chunks with streaming statistics.
+
+Every evaluation of a gain table goes through :func:`fly_population`: members ``0 .. n-1`` of
+the population of a key (member ``i`` a pure function of the key and ``i``, see
+:mod:`descent_opt.scenarios`) are drawn and flown one chunk at a time and folded into a
+:class:`Tally`: exact counts, percentiles exact up to a million values and from a mergeable
+relative-error sketch beyond (:mod:`descent_opt.statistics`), success per fault class and
+per bin of each fault parameter, touchdown-speed histograms and the worst failures. Memory
+does not grow with ``n`` unless per-scenario records are asked for. Tallies of disjoint
+index ranges merge, so a population can be split over processes.
+
+:func:`fly_members` re-flies chosen members by index, with their per-step traces; their
+outcomes are bit-identical to the population run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Int, PRNGKeyArray
+
+from descent_opt.faults import Faults
+from descent_opt.guidance import Gains
+from descent_opt.objectives import SuccessCriteria, landing_metrics
+from descent_opt.parallel import default_workers, map_pieces
+from descent_opt.scenarios import Scenario, ScenarioSampler
+from descent_opt.simulate import SimSpec, Trace, _simulate, simulate_traces
+from descent_opt.statistics import ExactOrSketch, clopper_pearson, clopper_pearson_lower
+
+# Fault classes reported in ``by_fault``: which scenarios belong to each.
+FAULT_CLASSES: dict[str, Callable[[Faults], np.ndarray]] = {
+    "acquisition_below_1200m": lambda f: f.acquisition_range_m < 1200.0,
+    "latency": lambda f: f.latency_s > 0.0,
+    "dropouts": lambda f: f.dropout_prob > 0.0,
+    "dark_terrain": lambda f: f.heavy_tail_scale_m > 0.0,
+    "lrf_absent": lambda f: f.absent,
+    "rim_step": lambda f: f.rim_step_height_m > 0.0,
+}
+# Per-scenario quantities whose percentiles are reported (descent-positive speeds).
+QUANTITIES = (
+    "fuel_kg",
+    "touchdown_speed_mps",
+    "touchdown_vz_mps",
+    "touchdown_vh_mps",
+    "tilt_deg",
+    "miss_distance_m",
+)
+FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
+SPEED_EDGES_MPS = np.logspace(-2, 3, 101)  # touchdown-speed histogram bins
+N_PARAMETER_BINS = 12
+EXACT_LIMIT = 1_000_000  # percentiles are exact up to this many scenarios
+
+
+def _no_acquisition(f: Faults) -> np.ndarray:
+    return f.acquisition_range_m < 1e8
+
+
+def _method(q: ExactOrSketch) -> str:
+    if q.method == "exact":
+        return "exact (linear interpolation between order statistics)"
+    return f"sketch: log buckets, relative error <= {q.sketch.relative_accuracy:g}"
+
+
+def parameter_bins(sampler: ScenarioSampler) -> dict[str, tuple[np.ndarray, Callable]]:
+    """Bin edges of each fault parameter (over its configured range) and which scenarios
+    carry that fault; parameters whose range is a single value are left out."""
+    c = jax.tree.map(np.asarray, sampler.catalog)
+    spans = {
+        "acquisition_range_m": (c.acquisition_range_m, _no_acquisition),
+        "latency_s": (c.latency_s, lambda f: f.latency_s > 0.0),
+        "dropout_prob": (c.dropout_prob, lambda f: f.dropout_prob > 0.0),
+        "heavy_tail_scale_m": (c.heavy_tail_scale_m, lambda f: f.heavy_tail_scale_m > 0.0),
+        "rim_step_height_m": (c.rim_step_height_m, lambda f: f.rim_step_height_m > 0.0),
+        "rim_radius_m": (c.rim_radius_m, lambda f: f.rim_step_height_m > 0.0),
+        "bias_m": ((-3.0 * c.bias_sigma_m, 3.0 * c.bias_sigma_m), lambda f: f.bias_m == f.bias_m),
+        "scale_factor": (
+            (1.0 - 3.0 * c.scale_factor_sigma, 1.0 + 3.0 * c.scale_factor_sigma),
+            lambda f: f.scale_factor == f.scale_factor,
+        ),
+    }
+    out = {}
+    for name, ((lo, hi), active) in spans.items():
+        lo, hi = float(lo), float(hi)
+        if hi > lo:
+            out[name] = (np.linspace(lo, hi, N_PARAMETER_BINS + 1), active)
+    return out
+
+
+@dataclasses.dataclass
+class Tally:
+    """Streaming statistics of one population flown with one gain table."""
+
+    keep_failures: int = 20
+    exact_limit: int = EXACT_LIMIT
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    quantities: dict[str, ExactOrSketch] = dataclasses.field(default_factory=dict)
+    by_fault: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    by_parameter: dict[str, dict] = dataclasses.field(default_factory=dict)
+    speed_histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    failures: dict[str, np.ndarray] | None = None
+
+    def __post_init__(self):
+        for name in ("n", "success", "crash", "exhausted", "timeout", "landed"):
+            self.counts.setdefault(name, 0)
+        for name in QUANTITIES:
+            self.quantities.setdefault(name, ExactOrSketch(exact_limit=self.exact_limit))
+        for name in FAULT_CLASSES:
+            self.by_fault.setdefault(name, [0, 0])
+        for name in ("touchdown_vz_mps", "touchdown_vh_mps"):
+            self.speed_histograms.setdefault(name, np.zeros(len(SPEED_EDGES_MPS) + 1, np.int64))
+
+    def add(self, records: dict[str, np.ndarray], bins: dict[str, tuple]) -> None:
+        """Fold in the records of some scenarios (see :func:`records_of`)."""
+        success = records["success"]
+        faults = Faults(**{k: records[k] for k in FAULT_FIELDS})
+        c = self.counts
+        c["n"] += success.size
+        c["success"] += int(success.sum())
+        c["crash"] += int(records["crash"].sum())
+        c["exhausted"] += int(records["exhausted"].sum())
+        c["landed"] += int(records["landed"].sum())
+        c["timeout"] += int((~records["landed"] & ~records["exhausted"]).sum())
+        for name in QUANTITIES:
+            self.quantities[name].add(records[name])
+        for name, member in FAULT_CLASSES.items():
+            mask = member(faults)
+            self.by_fault[name][0] += int(mask.sum())
+            self.by_fault[name][1] += int(success[mask].sum())
+        for name, (edges, active) in bins.items():
+            entry = self.by_parameter.setdefault(
+                name,
+                {"edges": edges, "n": np.zeros(len(edges) - 1, np.int64), "success": None},
+            )
+            if entry["success"] is None:
+                entry["success"] = np.zeros(len(edges) - 1, np.int64)
+            mask = active(faults)
+            where = np.clip(
+                np.searchsorted(edges, records[name][mask], "right") - 1, 0, len(edges) - 2
+            )
+            entry["n"] += np.bincount(where, minlength=len(edges) - 1)
+            entry["success"] += np.bincount(where[success[mask]], minlength=len(edges) - 1)
+        for name, hist in self.speed_histograms.items():
+            hist += np.bincount(
+                np.searchsorted(SPEED_EDGES_MPS, records[name], "right"), minlength=hist.size
+            )
+        failed = ~success
+        if self.keep_failures and failed.any():
+            self.add_failures({k: v[failed] for k, v in records.items()})
+
+    def merge(self, other: "Tally") -> None:
+        """Fold in the tally of another, disjoint set of scenarios."""
+        for k, v in other.counts.items():
+            self.counts[k] += v
+        for k, q in other.quantities.items():
+            self.quantities[k].merge(q)
+        for k, (n, s) in other.by_fault.items():
+            self.by_fault[k][0] += n
+            self.by_fault[k][1] += s
+        for k, entry in other.by_parameter.items():
+            mine = self.by_parameter.setdefault(
+                k, {"edges": entry["edges"], "n": 0 * entry["n"], "success": 0 * entry["n"]}
+            )
+            mine["n"] = mine["n"] + entry["n"]
+            mine["success"] = mine["success"] + entry["success"]
+        for k, h in other.speed_histograms.items():
+            self.speed_histograms[k] = self.speed_histograms[k] + h
+        if other.failures is not None:
+            merged = Tally(keep_failures=self.keep_failures)
+            for part in (self.failures, other.failures):
+                if part is not None:
+                    merged.add_failures(part)
+            self.failures = merged.failures
+
+    def add_failures(self, failures: dict[str, np.ndarray]) -> None:
+        """Keep the worst ``keep_failures`` of the kept ones and these: fastest touchdown
+        first, ties by index, so the order never depends on how the population was cut."""
+        worst = failures
+        if self.failures is not None:
+            worst = {k: np.concatenate([self.failures[k], failures[k]]) for k in failures}
+        order = np.lexsort((worst["index"], -worst["touchdown_speed_mps"]))
+        self.failures = {k: v[order[: self.keep_failures]] for k, v in worst.items()}
+
+    def summary(self) -> dict:
+        """The population's headline numbers with their confidence intervals (the keys of
+        the ``monte_carlo`` metrics contract)."""
+        c = self.counts
+        n = c["n"]
+        q = self.quantities
+        rate = lambda k: c[k] / n if n else None  # noqa: E731
+        out = {
+            "n_scenarios": n,
+            "success_rate": rate("success"),
+            "success_rate_ci95": list(clopper_pearson(c["success"], n, 0.95)),
+            "success_rate_lower95": clopper_pearson_lower(c["success"], n, 0.95),
+            "n_failures": n - c["success"],
+            "crash_rate": rate("crash"),
+            "exhausted_rate": rate("exhausted"),
+            "timeout_rate": rate("timeout"),
+            "landed_rate": rate("landed"),
+            "fuel_kg_mean": q["fuel_kg"].mean,
+            "fuel_kg_p50": q["fuel_kg"].quantile(0.5),
+            "fuel_kg_p99": q["fuel_kg"].quantile(0.99),
+            "touchdown_vz_mps_p50": q["touchdown_vz_mps"].quantile(0.5),
+            "touchdown_vz_mps_p99": q["touchdown_vz_mps"].quantile(0.99),
+            "touchdown_vz_mps_max": q["touchdown_vz_mps"].max,
+            "touchdown_vh_mps_p99": q["touchdown_vh_mps"].quantile(0.99),
+            "touchdown_speed_mps_p99": q["touchdown_speed_mps"].quantile(0.99),
+            "tilt_deg_p99": q["tilt_deg"].quantile(0.99),
+            "miss_distance_m_p99": q["miss_distance_m"].quantile(0.99),
+            "percentile_method": _method(q["fuel_kg"]),
+            "by_fault": {
+                name: {
+                    "n_scenarios": m,
+                    "success_rate": s / m if m else None,
+                    "success_rate_ci95": list(clopper_pearson(s, m, 0.95)),
+                }
+                for name, (m, s) in self.by_fault.items()
+            },
+        }
+        return out
+
+    def failure_list(self) -> list[dict]:
+        """The kept failures, worst first, with their fault parameters."""
+        f = self.failures
+        if f is None:
+            return []
+        out = []
+        for i in range(f["index"].size):
+            kind = (
+                "exhausted"
+                if f["exhausted"][i]
+                else "timeout"
+                if not f["landed"][i]
+                else "crash"
+                if f["crash"][i]
+                else "limits"
+            )
+            out.append(
+                {
+                    "index": int(f["index"][i]),
+                    "failure": kind,
+                    "touchdown_speed_mps": float(f["touchdown_speed_mps"][i]),
+                    "touchdown_vz_mps": float(f["touchdown_vz_mps"][i]),
+                    "touchdown_vh_mps": float(f["touchdown_vh_mps"][i]),
+                    "tilt_deg": float(f["tilt_deg"][i]),
+                    "fuel_kg": float(f["fuel_kg"][i]),
+                    "faults": {
+                        k: (bool(f[k][i]) if k == "absent" else float(f[k][i]))
+                        for k in FAULT_FIELDS
+                    },
+                }
+            )
+        return out
+
+
+def records_of(
+    indices: np.ndarray, scenarios: Scenario, outcome, criteria: SuccessCriteria
+) -> dict[str, np.ndarray]:
+    """Per-scenario dispersed parameters and outcome as NumPy arrays (one row each)."""
+    m = jax.tree.map(np.asarray, landing_metrics(outcome, criteria))
+    o = jax.tree.map(np.asarray, outcome)
+    s = eqx.filter(
+        scenarios,
+        lambda x: eqx.is_array(x) and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key),
+    )
+    s = jax.tree.map(np.asarray, s)
+    records = {
+        "index": np.asarray(indices, np.int64),
+        "position0_m": s.position0_m,
+        "velocity0_mps": s.velocity0_mps,
+        "mass0_kg": s.mass0_kg,
+        "nav_position_error_m": s.nav_position_error_m,
+        "nav_velocity_error_mps": s.nav_velocity_error_mps,
+        "imu_bias_mps2": s.imu_bias_mps2,
+        **{k: getattr(s.faults, k) for k in FAULT_FIELDS},
+        "landed": o.landed,
+        "exhausted": o.exhausted,
+        "touchdown_time_s": o.touchdown_time_s,
+        "touchdown_velocity_mps": o.touchdown_velocity_mps,
+        "touchdown_position_m": o.touchdown_position_m,
+        "touchdown_speed_mps": np.linalg.norm(o.touchdown_velocity_mps, axis=-1),
+        "touchdown_vz_mps": m.vertical_speed_mps,
+        "touchdown_vh_mps": m.horizontal_speed_mps,
+        "tilt_deg": m.tilt_deg,
+        "fuel_kg": m.fuel_kg,
+        "miss_distance_m": m.miss_distance_m,
+        "lrf_first_accept_height_m": o.lrf_first_accept_height_m,
+        "crash": m.crash,
+        "success": m.success,
+    }
+    return records
+
+
+@eqx.filter_jit
+def _draw(sampler: ScenarioSampler, key: PRNGKeyArray, indices) -> Scenario:
+    return sampler.members(key, indices)
+
+
+def flight_size() -> int:
+    """Scenarios per simulator call: every member is flown by the same compiled program,
+    whatever the population size, the chunk size or the members asked for, which is what
+    makes a member's outcome bit-identical across them. 4,096 on the CPU (one piece per
+    core at a time), 2^20 on accelerators."""
+    return 4096 if jax.default_backend() == "cpu" else 1 << 20
+
+
+def default_chunk_size() -> int:
+    """Scenarios drawn and folded into the statistics at a time: 16 flight pieces."""
+    return 16 * flight_size()
+
+
+def _fly_pieces(
+    spec: SimSpec,
+    gains: Gains,
+    sampler: ScenarioSampler,
+    criteria: SuccessCriteria,
+    key: PRNGKeyArray,
+    pieces: list[np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Records of the members listed in ``pieces`` (each ``flight_size()`` long), drawn and
+    flown piece by piece, one piece per core at a time."""
+    spec = eqx.tree_at(lambda s: s.chunk_size, spec, len(pieces[0]), is_leaf=lambda x: x is None)
+
+    def fly(indices):
+        scenarios = _draw(sampler, key, jnp.asarray(indices, jnp.uint32))
+        return records_of(indices, scenarios, _simulate(spec, gains, scenarios), criteria)
+
+    parts = map_pieces(fly, pieces, default_workers())
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@dataclasses.dataclass
+class PopulationResult:
+    tally: Tally
+    records: dict[str, np.ndarray] | None  # every scenario's row, when asked for
+    wall_time_s: float
+    chunk_size: int
+
+    @property
+    def scenarios_per_s(self) -> float:
+        return self.tally.counts["n"] / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+
+def fly_population(
+    spec: SimSpec,
+    gains: Gains,
+    sampler: ScenarioSampler,
+    criteria: SuccessCriteria,
+    n: int,
+    *,
+    key: PRNGKeyArray,
+    start: int = 0,
+    chunk_size: int | None = None,
+    keep_failures: int = 20,
+    keep_records: bool = False,
+    progress: Callable[[int, Tally], None] | None = None,
+) -> PopulationResult:
+    """Fly members ``start .. start+n-1`` of the population of ``key`` with ``gains``, about
+    ``chunk_size`` at a time (default :func:`default_chunk_size`; rounded up to whole
+    flight pieces, :func:`flight_size`); ``progress(done, tally)`` after each chunk. The last
+    piece reaches past the end and its extra members are dropped."""
+    begin = time.perf_counter()
+    piece = flight_size()
+    size = -(-min(chunk_size or default_chunk_size(), n) // piece) * piece
+    bins = parameter_bins(sampler)
+    tally = Tally(keep_failures=keep_failures)
+    kept = []
+    end = start + n
+    if progress is not None:
+        progress(0, tally)  # starts the clock of a progress bar before the first compile
+    for first in range(start, end, size):
+        pieces = [np.arange(p, p + piece) for p in range(first, min(first + size, end), piece)]
+        records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
+        valid = records["index"] < end
+        if not valid.all():
+            records = {k: v[valid] for k, v in records.items()}
+        tally.add(records, bins)
+        if keep_records:
+            kept.append(records)
+        if progress is not None:
+            progress(int(valid.sum()), tally)
+    records = {k: np.concatenate([r[k] for r in kept]) for k in kept[0]} if keep_records else None
+    return PopulationResult(tally, records, time.perf_counter() - begin, size)
+
+
+def fly_members(
+    spec: SimSpec,
+    gains: Gains,
+    sampler: ScenarioSampler,
+    criteria: SuccessCriteria,
+    indices: Int[Array, " k"] | list[int],
+    *,
+    key: PRNGKeyArray,
+) -> tuple[dict[str, np.ndarray], Trace]:
+    """Re-fly members ``indices`` of the population of ``key``: their records (bit-identical
+    to the population run's) and per-step traces (scenario first)."""
+    indices = np.asarray(indices, np.int64)
+    piece = flight_size()
+    padded = np.concatenate([indices, np.repeat(indices[:1], -len(indices) % piece)])
+    pieces = [padded[p : p + piece] for p in range(0, len(padded), piece)]
+    records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
+    records = {k: v[: len(indices)] for k, v in records.items()}
+    scenarios = _draw(sampler, key, jnp.asarray(indices, jnp.uint32))
+    _, traces = simulate_traces(spec, gains, scenarios)
+    return records, jax.tree.map(np.asarray, traces)
