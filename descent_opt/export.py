@@ -19,6 +19,7 @@ import numpy as np
 
 from descent_opt.guidance import NAV_GAINS, SCALAR_GAINS, SCHEDULED_COLUMNS, Gains
 from descent_opt.navigation import NavParams
+from descent_opt.rundir import write_text_atomic
 
 FORMAT = "descent_opt.gains/1"
 
@@ -142,10 +143,3 @@ def write_gain_table(
     for path, text in files.items():
         write_text_atomic(path, text)
     return list(files)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

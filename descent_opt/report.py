@@ -166,6 +166,7 @@ def plot_member(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> Non
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
     ax = axes[0]
     ax.plot(t, cut(trace.altitude_m), color="k", label="altitude, true")
+    ax.plot(t, cut(trace.height_m), color="0.5", ls=":", label="height above terrain, true")
     ax.plot(t, cut(trace.altitude_estimate_m), color="tab:blue", ls="--", label="estimated")
     sampled, accepted = cut(trace.lrf_sampled), cut(trace.lrf_accepted)
     lrf = cut(trace.lrf_altitude_m)

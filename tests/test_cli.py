@@ -179,3 +179,14 @@ def test_python_api_matches_contract_without_hydra_app(tmp_path):
         np.asarray(loaded.descent_rate_mps),
         np.asarray(result.optimized.descent_rate_mps, dtype=np.float32),
     )
+    # monte_carlo flies the main job's held-out population: the saved table over the same
+    # members gives the optimized block exactly.
+    from descent_opt.jobs import monte_carlo
+
+    check = descent_opt.load_config(
+        ["+experiment=monte_carlo", f"gains={tmp_path / 'gains.json'}"]
+        + [o for o in TINY if not o.startswith("+experiment")]
+    )
+    again = monte_carlo.run(check).metrics
+    optimized = result.metrics["optimized"]
+    assert {k: again[k] for k in optimized} == optimized

@@ -12,7 +12,6 @@ members instead and writes their traces.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from descent_opt import report
 from descent_opt.config import RunConfig
-from descent_opt.export import load_gains, write_text_atomic
+from descent_opt.export import load_gains
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.jobs import Progress, scenario_progress
 from descent_opt.population import (
@@ -30,6 +29,7 @@ from descent_opt.population import (
     fly_members,
     fly_population,
 )
+from descent_opt.rundir import save_npz_atomic, write_metrics
 from descent_opt.simulate import Trace
 
 
@@ -135,10 +135,10 @@ def write_outputs(
             report.plot_success_vs_faults(tally.by_parameter, path)
             written.append(path)
         if result.population.records is not None:
-            written.append(_save_npz(directory / "scenarios.npz", result.population.records))
+            written.append(save_npz_atomic(directory / "scenarios.npz", result.population.records))
     if result.members is not None:
         traces = {f"trace_{k}": v for k, v in dataclasses.asdict(result.traces).items()}
-        written.append(_save_npz(directory / "traces.npz", {**result.members, **traces}))
+        written.append(save_npz_atomic(directory / "traces.npz", {**result.members, **traces}))
         for i, index in enumerate(result.members["index"]):
             one = jax.tree.map(lambda x: x[i], result.traces)
             block = result.metrics["scenarios"][i]
@@ -149,21 +149,8 @@ def write_outputs(
             path = directory / f"scenario_{index}.png"
             report.plot_member(one, title, config.vehicle.mass_dry_kg, path)
             written.append(path)
-    metrics = dict(result.metrics, wall_time_s=wall_time_s)
-    path = directory / "metrics.json"
-    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
-    written.append(path)
+    written.append(write_metrics(directory, dict(result.metrics, wall_time_s=wall_time_s)))
     return written
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to ``path`` through a temporary file, so a partial file never
-    carries the final name."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        np.savez(handle, **arrays)
-    partial.replace(path)
-    return path
 
 
 def summary(result: MonteCarloResult) -> str:

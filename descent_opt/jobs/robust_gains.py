@@ -22,13 +22,14 @@ import numpy as np
 
 from descent_opt import report
 from descent_opt.config import RunConfig
-from descent_opt.export import gains_to_dict, load_gains, write_gain_table, write_text_atomic
+from descent_opt.export import gains_to_dict, load_gains, write_gain_table
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.jobs import Progress, scenario_progress
 from descent_opt.objectives import landing_metrics
 from descent_opt.optimize.gains import tune_gains
 from descent_opt.population import PopulationResult, fly_population
+from descent_opt.rundir import write_metrics, write_text_atomic
 from descent_opt.scenarios import (
     Scenario,
     TerrainSpec,
@@ -272,8 +273,5 @@ def write_outputs(
     for name, draw in plots.items():
         draw(directory / name)
         written.append(directory / name)
-    metrics = dict(result.metrics, wall_time_s=wall_time_s)
-    path = directory / "metrics.json"
-    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
-    written.append(path)
+    written.append(write_metrics(directory, dict(result.metrics, wall_time_s=wall_time_s)))
     return written

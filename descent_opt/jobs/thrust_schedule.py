@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import time
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from descent_opt.config import RunConfig
-from descent_opt.export import write_text_atomic
 from descent_opt.optimize.thrust_schedule import Schedule, ScheduleProblem, solve_schedules
+from descent_opt.rundir import save_npz_atomic, write_metrics, write_text_atomic
 
 CSV_COLUMNS = (
     "t_s", "thrust_x_n", "thrust_y_n", "thrust_z_n", "mass_kg",
@@ -165,19 +164,17 @@ def write_outputs(result: ThrustScheduleResult, config: RunConfig, directory, wa
     directory = Path(directory)
     write_text_atomic(directory / "thrust_schedule.csv", schedule_csv(result.schedules))
     s, p = result.schedules, result.problems
-    tmp = directory / "thrust_schedules.npz.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(
-            fh,
+    save_npz_atomic(
+        directory / "thrust_schedules.npz",
+        {
             **{f.name: getattr(s, f.name) for f in dataclasses.fields(s)},
-            position0_m=p.position0_m,
-            velocity0_mps=p.velocity0_mps,
-            mass0_kg=p.mass0_kg,
-        )
-    tmp.replace(directory / "thrust_schedules.npz")
+            "position0_m": p.position0_m,
+            "velocity0_mps": p.velocity0_mps,
+            "mass0_kg": p.mass0_kg,
+        },
+    )
     plot_schedule(s, config, directory / "thrust_schedule.png")
-    metrics = dict(result.metrics, wall_time_s=wall_time_s)
-    write_text_atomic(directory / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_metrics(directory, dict(result.metrics, wall_time_s=wall_time_s))
     return [
         directory / n
         for n in (
