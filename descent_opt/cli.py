@@ -125,6 +125,9 @@ def run(cfg) -> None:
             raise ConfigError(
                 "experiment", "chosen with +experiment=NAME, NAME one of " + ", ".join(EXPERIMENTS)
             )
+        from descent_opt.distributed import initialize
+
+        initialize(config.distributed)  # before any JAX computation
         if config.gains_path:
             from descent_opt.export import load_gains
 
@@ -144,6 +147,10 @@ def run(cfg) -> None:
         fail(str(err))
     finally:
         close()
+    import jax
+
+    if jax.process_index() != 0:  # every process has the whole result; one writes it
+        return
     module.write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
     print(module.summary(result))
     print(f"\nOutputs in {out_dir}")

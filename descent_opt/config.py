@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from descent_opt.distributed import ENABLED, DistributedSpec
 from descent_opt.dynamics import Vehicle
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import GuidanceSpec
@@ -81,6 +82,7 @@ class RunConfig:
     precision: str = "float32"
     schedule: ScheduleSpec | None = None
     schedule_batch_size: int = 64
+    distributed: DistributedSpec = DistributedSpec()
 
     def population_key(self, nominal_sensors: bool = False):
         """Key of the held-out population (``seed + evaluation.seed_offset``): the one with
@@ -220,6 +222,38 @@ def _evaluation(cfg) -> EvaluationSpec:
     return spec
 
 
+def _distributed(cfg) -> DistributedSpec:
+    d = _Group(cfg, "distributed")
+    enabled = d.raw("enabled", "auto")
+    if isinstance(enabled, bool):  # YAML reads true / false as booleans
+        enabled = "true" if enabled else "false"
+    if enabled not in ENABLED:
+        raise ConfigError(d.key("enabled"), "one of " + ", ".join(ENABLED), enabled)
+    address = d.raw("coordinator_address", "unset")
+    host_port = isinstance(address, str) and address.rpartition(":")[0] != ""
+    if address not in ("unset", None) and not (host_port and address.rpartition(":")[2].isdigit()):
+        raise ConfigError(d.key("coordinator_address"), "HOST:PORT or null", address)
+    processes = d.raw("num_processes", "unset")
+    process_id = d.raw("process_id", "unset")
+    spec = DistributedSpec(
+        enabled=enabled,
+        coordinator_address=None if address in ("unset", None) else address,
+        num_processes=None
+        if processes in ("unset", None)
+        else d.number("num_processes", lo=1, hi=100_000, integer=True),
+        process_id=None
+        if process_id in ("unset", None)
+        else d.number("process_id", lo=0, hi=100_000, integer=True),
+    )
+    d.done()
+    if spec.process_id is not None and spec.num_processes is not None:
+        if spec.process_id >= spec.num_processes:
+            raise ConfigError(
+                d.key("process_id"), "below distributed.num_processes", spec.process_id
+            )
+    return spec
+
+
 def _indices(ev: _Group, value) -> tuple[int, ...]:
     allowed = (
         f"a list of 1 to {MAX_REFLY} distinct scenario indices, integers from 0 to {MAX_INDEX}"
@@ -262,6 +296,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         "evaluation",
         "replay",
         "thrust_schedule",
+        "distributed",
         "hydra",
     ):
         top.used.add(group)
@@ -430,6 +465,8 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     schedule_batch_size = ts.number("batch_size", 64, lo=1, integer=True)
     ts.done()
 
+    distributed = _distributed(cfg)
+
     sim_spec = SimSpec(
         vehicle=vehicle,
         gravity_mps2=gravity,
@@ -462,4 +499,5 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         precision=precision,
         schedule=schedule,
         schedule_batch_size=schedule_batch_size,
+        distributed=distributed,
     )

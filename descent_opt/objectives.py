@@ -102,11 +102,20 @@ def scenario_loss(
     return jnp.where(raw < 1.0, raw, 1.0 + jnp.log(jnp.maximum(raw, 1.0)))
 
 
-def cvar(losses: Float[Array, " n"], alpha: float) -> Float[Array, ""]:
-    """Conditional value at risk: mean of the worst ``ceil((1 - alpha) n)`` losses."""
-    n = losses.shape[0]
-    k = max(1, int(np.ceil((1.0 - alpha) * n)))
+def cvar(losses: Float[Array, " n"], alpha: float, count: int | None = None) -> Float[Array, ""]:
+    """Conditional value at risk: mean of the worst ``ceil((1 - alpha) m)`` of the first
+    ``m = count`` losses (default: all; the rest is padding)."""
+    m = losses.shape[0] if count is None else count
+    if m < losses.shape[0]:
+        losses = jnp.where(jnp.arange(losses.shape[0]) < m, losses, -jnp.inf)
+    k = max(1, int(np.ceil((1.0 - alpha) * m)))
     return jnp.mean(jax.lax.top_k(losses, k)[0])
+
+
+def _mean(x: Float[Array, " n"], count: int | None) -> Float[Array, ""]:
+    if count is None or count >= x.shape[0]:
+        return jnp.mean(x)
+    return jnp.sum(jnp.where(jnp.arange(x.shape[0]) < count, x, 0.0)) / count
 
 
 def risk(
@@ -114,13 +123,16 @@ def risk(
     criteria: SuccessCriteria,
     spec: ObjectiveSpec,
     propellant_kg: float,
+    count: int | None = None,
 ) -> tuple[Float[Array, ""], dict]:
-    """Population objective ``mean + w_cvar CVaR + w_fuel mean(fuel) / propellant``."""
+    """Population objective ``mean + w_cvar CVaR + w_fuel mean(fuel) / propellant`` over
+    the first ``count`` members (default: all; members past it are padding)."""
     losses = scenario_loss(outcome, criteria, spec)
-    fuel = jnp.mean(outcome.fuel_kg) / propellant_kg
-    tail = cvar(losses, spec.cvar_alpha)
-    total = jnp.mean(losses) + spec.cvar_weight * tail + spec.fuel_weight * fuel
-    return total, {"loss_mean": jnp.mean(losses), "loss_cvar": tail, "fuel_fraction": fuel}
+    fuel = _mean(outcome.fuel_kg, count) / propellant_kg
+    tail = cvar(losses, spec.cvar_alpha, count)
+    mean = _mean(losses, count)
+    total = mean + spec.cvar_weight * tail + spec.fuel_weight * fuel
+    return total, {"loss_mean": mean, "loss_cvar": tail, "fuel_fraction": fuel}
 
 
 def summarize(metrics: LandingMetrics) -> dict:

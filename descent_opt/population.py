@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
+from descent_opt.distributed import allgather_objects, index_range
 from descent_opt.faults import Faults
 from descent_opt.guidance import Gains
 from descent_opt.objectives import SuccessCriteria, landing_metrics
@@ -52,6 +53,14 @@ QUANTITIES = (
     "miss_distance_m",
 )
 FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
+DISPERSION_FIELDS = (
+    "position0_m",
+    "velocity0_mps",
+    "mass0_kg",
+    "nav_position_error_m",
+    "nav_velocity_error_mps",
+    "imu_bias_mps2",
+)
 SPEED_EDGES_MPS = np.logspace(-2, 3, 101)  # touchdown-speed histogram bins
 N_PARAMETER_BINS = 12
 EXACT_LIMIT = 1_000_000  # percentiles are exact up to this many scenarios
@@ -254,6 +263,7 @@ class Tally:
                         k: (bool(f[k][i]) if k == "absent" else float(f[k][i]))
                         for k in FAULT_FIELDS
                     },
+                    "dispersion": {k: f[k][i].tolist() for k in DISPERSION_FIELDS},
                 }
             )
         return out
@@ -324,14 +334,24 @@ def _fly_pieces(
     pieces: list[np.ndarray],
 ) -> dict[str, np.ndarray]:
     """Records of the members listed in ``pieces`` (each ``flight_size()`` long), drawn and
-    flown piece by piece, one piece per core at a time."""
+    flown piece by piece from threads: one piece per core at a time on a single CPU device,
+    one piece per device at a time when there are several local devices (piece ``k`` on
+    device ``k mod count``). Every piece runs the same single-device program: a program
+    partitioned over devices (SPMD) rounds differently in the last bit for a few percent of
+    members, which could flip a borderline landing."""
     spec = eqx.tree_at(lambda s: s.chunk_size, spec, len(pieces[0]), is_leaf=lambda x: x is None)
+    devices = jax.local_devices()
 
-    def fly(indices):
-        scenarios = _draw(sampler, key, jnp.asarray(indices, jnp.uint32))
+    def fly(job):
+        position, indices = job
+        placed = jnp.asarray(indices, jnp.uint32)
+        if len(devices) > 1:
+            placed = jax.device_put(placed, devices[position % len(devices)])
+        scenarios = _draw(sampler, key, placed)
         return records_of(indices, scenarios, _simulate(spec, gains, scenarios), criteria)
 
-    parts = map_pieces(fly, pieces, default_workers())
+    workers = len(devices) if len(devices) > 1 else default_workers()
+    parts = map_pieces(fly, list(enumerate(pieces)), workers)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -364,10 +384,16 @@ def fly_population(
     """Fly members ``start .. start+n-1`` of the population of ``key`` with ``gains``, about
     ``chunk_size`` at a time (default :func:`default_chunk_size`; rounded up to whole
     flight pieces, :func:`flight_size`); ``progress(done, tally)`` after each chunk. The last
-    piece reaches past the end and its extra members are dropped."""
+    piece reaches past the end and its extra members are dropped. Under ``jax.distributed``
+    each process flies its own contiguous share of the members and every process returns
+    the whole population's tally (and records)."""
     begin = time.perf_counter()
+    processes = jax.process_count()
+    if processes > 1:  # each process flies its own index range; results gathered below
+        offset, n = index_range(n, jax.process_index(), processes)
+        start += offset
     piece = flight_size()
-    size = -(-min(chunk_size or default_chunk_size(), n) // piece) * piece
+    size = max(1, -(-min(chunk_size or default_chunk_size(), n) // piece)) * piece
     bins = parameter_bins(sampler)
     tally = Tally(keep_failures=keep_failures)
     kept = []
@@ -385,7 +411,15 @@ def fly_population(
             kept.append(records)
         if progress is not None:
             progress(int(valid.sum()), tally)
-    records = {k: np.concatenate([r[k] for r in kept]) for k in kept[0]} if keep_records else None
+    if processes > 1:
+        parts = allgather_objects((tally, kept))
+        tally = parts[0][0]
+        for other, _ in parts[1:]:
+            tally.merge(other)
+        kept = [r for _, records in parts for r in records]
+    records = None
+    if keep_records and kept:
+        records = {k: np.concatenate([r[k] for r in kept]) for k in kept[0]}
     return PopulationResult(tally, records, time.perf_counter() - begin, size)
 
 

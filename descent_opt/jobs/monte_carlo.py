@@ -102,7 +102,6 @@ def run(config: RunConfig, *, progress: Progress | None = None) -> MonteCarloRes
         **tally.summary(),
         "failures": tally.failure_list(),
         "scenarios_per_s": population.scenarios_per_s,
-        "chunk_size": population.chunk_size,
         **common,
         "job_time_s": time.perf_counter() - start,
     }

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray
 
 from descent_opt.guidance import Gains
@@ -71,22 +72,36 @@ def _optimizer(train: TrainSpec) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(schedule))
 
 
-def population_risk(params, breakpoints_m, spec: SimSpec, scenarios: Scenario, criteria, objective):
-    """Risk of the gains given by unconstrained ``params`` over a population."""
+def population_risk(
+    params, breakpoints_m, spec: SimSpec, scenarios: Scenario, criteria, objective, count=None
+):
+    """Risk of the gains given by unconstrained ``params`` over a population (its first
+    ``count`` members; default all)."""
     propellant = spec.vehicle.mass_initial_kg - spec.vehicle.mass_dry_kg
     outcome = simulate(spec, from_params(params, breakpoints_m), scenarios)
-    return risk(outcome, criteria, objective, propellant)
+    return risk(outcome, criteria, objective, propellant, count)
 
 
 @eqx.filter_jit
 def _train_step(
-    train, spec, criteria, objective, sampler, breakpoints_m, params, opt_state, mean, key
+    train, spec, criteria, objective, sampler, breakpoints_m, params, opt_state, mean, key, devices
 ):
     # Module-level and keyed only on static settings: tuning runs that differ in their
     # fault catalog (array leaves of the sampler) share one compilation.
-    scenarios = sampler(key, train.batch_size)
+    batch = train.batch_size
+    if len(devices) == 1:
+        scenarios = sampler(key, batch)
+    else:
+        # Data-parallel: the minibatch, padded to a multiple of the device count, is
+        # sharded over the devices; the padding is masked out of the risk, and XLA sums
+        # the gradient over the devices.
+        padded = -(-batch // len(devices)) * len(devices)
+        mesh = Mesh(np.asarray(devices), ("scenario",))
+        scenarios = jax.lax.with_sharding_constraint(
+            sampler(key, padded), NamedSharding(mesh, PartitionSpec("scenario"))
+        )
     (value, parts), grads = eqx.filter_value_and_grad(population_risk, has_aux=True)(
-        params, breakpoints_m, spec, scenarios, criteria, objective
+        params, breakpoints_m, spec, scenarios, criteria, objective, batch
     )
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
     updates, opt_state = _optimizer(train).update(grads, opt_state, params)
@@ -111,9 +126,12 @@ def tune_gains(
     *,
     key: PRNGKeyArray,
     progress: Callable[[int, dict], None] | None = None,
+    devices=None,
 ) -> tuple[Gains, dict[str, np.ndarray]]:
     """Minimise the population risk over the gains; returns the tuned (averaged) gains and
-    the per-step history of the objective and its parts."""
+    the per-step history of the objective and its parts. Each minibatch is shared over
+    ``devices`` (default: every local device)."""
+    devices = tuple(jax.local_devices() if devices is None else devices)
     spec = eqx.tree_at(lambda s: (s.gate_softness, s.unrolled), spec, (train.gate_softness, False))
     breakpoints = initial.altitude_breakpoints_m
     params = to_params(initial)
@@ -132,6 +150,7 @@ def tune_gains(
             opt_state,
             mean,
             step_key,
+            devices,
         )
         parts = {k: float(v) for k, v in parts.items()}
         for k, v in parts.items():

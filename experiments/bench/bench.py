@@ -235,7 +235,8 @@ opt_state = tuning._optimizer(train).init(params)
 out = {}
 start = time.perf_counter()
 tuning._train_step.lower(train, spec, config.success, config.objective, sampler,
-    gains.altitude_breakpoints_m, params, opt_state, params, jax.random.key(0)).compile()
+    gains.altitude_breakpoints_m, params, opt_state, params, jax.random.key(0),
+    tuple(jax.local_devices())).compile()
 out["training_step_s"] = time.perf_counter() - start
 heldout = sampler(jax.random.key(1), config.evaluation.n_scenarios)
 start = time.perf_counter()

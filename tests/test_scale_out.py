@@ -1,0 +1,132 @@
+"""Scale-out on one CPU: a population flown over several (forced host) devices gives the
+members and statistics of one device; a Hydra sweep through the real submitit launcher
+(``submitit_local``) is summarised by ``descent_opt.aggregate``, unfinished jobs listed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from descent_opt.aggregate import aggregate, collect
+
+MC = ["+experiment=monte_carlo", "evaluation.n_scenarios=6000", "progress=false"]
+
+
+def _cli(args, cwd, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "descent_opt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _metrics_with_devices(tmp_path, devices: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = tmp_path / f"devices{devices}"
+    proc = _cli([*MC, f"hydra.run.dir={out}"], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_four_devices_fly_the_same_members_as_one(tmp_path):
+    one = _metrics_with_devices(tmp_path, 1)
+    four = _metrics_with_devices(tmp_path, 4)
+    assert one["n_scenarios"] == four["n_scenarios"] == 6000
+    assert 0 < one["n_failures"] < 6000
+    for key in ("scenarios_per_s", "wall_time_s", "job_time_s"):
+        one.pop(key), four.pop(key)
+    # Outcomes are bit-identical member by member, so everything else is equal exactly:
+    # rates, intervals, percentiles, by-fault blocks and the worst failures with their index.
+    assert four == one
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    out = root / "multirun"
+    proc = _cli(
+        ["-m", "hydra/launcher=submitit_local", *MC, "evaluation.n_scenarios=1500", "seed=0,1",
+         f"hydra.sweep.dir={out}"],
+        root,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_submitit_local_sweep_is_aggregated(sweep):
+    proc = subprocess.run(
+        [sys.executable, "-m", "descent_opt.aggregate", str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep / ".submitit").is_dir()  # the jobs went through submitit
+    with open(sweep / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["override:seed"] for r in rows] == ["0", "1"]
+    for r, job in zip(rows, ("0", "1")):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert r["status"] == "finished"
+        assert float(r["success_rate"]) == pytest.approx(metrics["success_rate"], rel=1e-6)
+        assert float(r["success_rate_ci95_low"]) < float(r["success_rate"])
+        assert int(r["n_scenarios"]) == 1500
+    assert "| seed |" in (sweep / "summary.md").read_text().replace("| job | status ", "")
+    assert (sweep / "summary.png").stat().st_size > 10_000
+
+
+def test_unfinished_jobs_are_listed_not_fatal(sweep, tmp_path):
+    copy = tmp_path / "partial"
+    shutil.copytree(sweep, copy)
+    shutil.copytree(copy / "1", copy / "2")
+    (copy / "2" / "metrics.json").unlink()  # a job that died before writing its metrics
+    aggregate(copy)
+    rows = collect(copy)
+    assert [r["status"] for r in rows] == ["finished", "finished", "unfinished"]
+    assert "Unfinished or failed jobs: 2" in (copy / "summary.md").read_text()
+
+
+def test_tuning_is_data_parallel_over_devices():
+    """With 4 devices, each flies a share of every minibatch (3 of 10 members padded) and
+    the tuned gains equal those tuned on one device within float tolerance."""
+    script = """
+import json, jax, numpy as np
+import descent_opt
+from descent_opt.guidance import default_gains
+from descent_opt.optimize.gains import tune_gains
+
+assert len(jax.devices()) == 4
+config = descent_opt.load_config(["optimizer.steps=4", "optimizer.batch_size=10",
+    "sim.duration_s=60", "scenario.r0_m=[-50.0,0.0,1500.0]", "scenario.v0_mps=[0.0,0.0,-35.0]",
+    "faults.acquisition_range_m=[700.0,1500.0]"])
+out = {"initial": [np.asarray(x).tolist()
+                   for x in jax.tree.leaves(default_gains(config.altitude_breakpoints_m))]}
+for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
+    gains, history = tune_gains(config.sim, default_gains(config.altitude_breakpoints_m),
+        config.sampler(), config.success, config.objective, config.optimizer,
+        key=jax.random.key(3), devices=devices)
+    out[name] = [np.asarray(x).tolist() for x in jax.tree.leaves(gains)]
+    out[name + "_objective"] = history["objective"].tolist()
+print(json.dumps(out))
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for a, b in zip(out["one"], out["four"]):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(out["one_objective"], out["four_objective"], rtol=1e-4)
+    moved = [not np.allclose(a, b, rtol=1e-3) for a, b in zip(out["initial"], out["one"])]
+    assert sum(moved) >= 3  # the steps did change the gains
