@@ -108,6 +108,20 @@ def _job_start() -> float:
     return _START if _jobs_started == 1 else time.perf_counter()
 
 
+def _use_compile_cache(directory: str) -> None:
+    """JAX's persistent compilation cache in ``directory`` (created, owner-only: whoever can
+    write it can run code through it). Programs compiling faster than 1 s are not cached."""
+    import os
+
+    import jax
+
+    path = Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not os.access(path, os.W_OK):
+        fail(f"compile_cache_dir: {path} is not writable")
+    jax.config.update("jax_compilation_cache_dir", str(path))
+
+
 def run(cfg) -> None:
     """Hydra task: validate, run the selected job, write its outputs."""
     start = _job_start()
@@ -128,6 +142,8 @@ def run(cfg) -> None:
         from descent_opt.distributed import initialize
 
         initialize(config.distributed)  # before any JAX computation
+        if config.compile_cache_dir:
+            _use_compile_cache(config.compile_cache_dir)
         if config.gains_path:
             from descent_opt.export import load_gains
 

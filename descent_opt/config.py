@@ -83,6 +83,7 @@ class RunConfig:
     schedule: ScheduleSpec | None = None
     schedule_batch_size: int = 64
     distributed: DistributedSpec = DistributedSpec()
+    compile_cache_dir: str | None = None
 
     def population_key(self, nominal_sensors: bool = False):
         """Key of the held-out population (``seed + evaluation.seed_offset``): the one with
@@ -280,6 +281,9 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         raise ConfigError("gains", "a path to a gains.json file", gains_path)
     progress = top.flag("progress", True)
     precision = top.choice("precision", PRECISIONS, "float32")
+    cache = top.raw("compile_cache_dir", "unset")
+    if cache not in ("unset", None) and (not isinstance(cache, str) or not cache.strip()):
+        raise ConfigError("compile_cache_dir", "a directory path or null", cache)
     for group in (
         "vehicle",
         "moon",
@@ -500,4 +504,5 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         schedule=schedule,
         schedule_batch_size=schedule_batch_size,
         distributed=distributed,
+        compile_cache_dir=None if cache in ("unset", None) else cache,
     )

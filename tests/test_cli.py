@@ -69,6 +69,11 @@ BAD_MONTE_CARLO = [
     ("evaluation.indices=[1.5]", "evaluation.indices"),
     ("evaluation.seed_offset=0", "evaluation.seed_offset"),
     ("gains=/no/such/gains.json", "gains"),
+    ("distributed.enabled=maybe", "distributed.enabled"),
+    ("distributed.coordinator_address=nohost", "distributed.coordinator_address"),
+    ("distributed.num_processes=0", "distributed.num_processes"),
+    ("distributed.process_id=-1", "distributed.process_id"),
+    ("compile_cache_dir=''", "compile_cache_dir"),
 ]
 RESULT_FILES = (
     "metrics.json", "gains.json", "gains.csv", "gains.h", "scenarios.npz", "traces.npz",

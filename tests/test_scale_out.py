@@ -130,3 +130,43 @@ print(json.dumps(out))
     np.testing.assert_allclose(out["one_objective"], out["four_objective"], rtol=1e-4)
     moved = [not np.allclose(a, b, rtol=1e-3) for a, b in zip(out["initial"], out["one"])]
     assert sum(moved) >= 3  # the steps did change the gains
+
+
+def test_slurm_gpu_preset_composes_one_gpu_jobs():
+    """``hydra/launcher=slurm_gpu`` resolves to the submitit SLURM launcher with one GPU and
+    one task per job and the XLA memory variables in its setup lines."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from descent_opt.cli import config_dir
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(
+                "config",
+                overrides=["+experiment=monte_carlo", "hydra/launcher=slurm_gpu"],
+                return_hydra_config=True,
+            )
+    finally:
+        GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+    setup = " ".join(launcher.setup)
+    assert "XLA_CLIENT_MEM_FRACTION" in setup and "unset XLA_PYTHON_CLIENT_MEM_FRACTION" in setup
+
+
+def test_compile_cache_is_written_and_reused(tmp_path):
+    cache = tmp_path / "cache"
+    args = [*MC, "evaluation.n_scenarios=100", f"compile_cache_dir={cache}"]
+    first = _cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert any(name.startswith("jit__simulate") for name in entries)
+    second = _cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == entries  # nothing new compiled
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["success_rate"] == b["success_rate"] and a["failures"] == b["failures"]
