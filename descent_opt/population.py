@@ -316,8 +316,8 @@ def flight_size() -> int:
     """Scenarios per simulator call: every member is flown by the same compiled program,
     whatever the population size, the chunk size or the members asked for, which is what
     makes a member's outcome bit-identical across them. 4,096 on the CPU (one piece per
-    core at a time), 2^20 on accelerators."""
-    return 4096 if jax.default_backend() == "cpu" else 1 << 20
+    core at a time), 2^18 on accelerators."""
+    return 4096 if jax.default_backend() == "cpu" else 1 << 18
 
 
 def default_chunk_size() -> int:

@@ -101,7 +101,12 @@ def _free_port() -> int:
 
 
 def test_two_processes_write_the_metrics_of_one(tmp_path):
-    common = ["+experiment=monte_carlo", "evaluation.n_scenarios=6000", "progress=false"]
+    common = [
+        "+experiment=monte_carlo",
+        "evaluation.n_scenarios=6000",
+        "progress=false",
+        f"compile_cache_dir={tmp_path / 'cache'}",  # the single-process run compiles nothing
+    ]
 
     def cli(args):
         return subprocess.Popen(

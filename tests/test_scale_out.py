@@ -33,7 +33,9 @@ def _cli(args, cwd, env=None):
 def _metrics_with_devices(tmp_path, devices: int) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     out = tmp_path / f"devices{devices}"
-    proc = _cli([*MC, f"hydra.run.dir={out}"], tmp_path, env)
+    # A shared compilation cache: device 0's programs are compiled once for both runs.
+    cache = f"compile_cache_dir={tmp_path / 'cache'}"
+    proc = _cli([*MC, cache, f"hydra.run.dir={out}"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads((out / "metrics.json").read_text())
 
@@ -106,7 +108,8 @@ from descent_opt.guidance import default_gains
 from descent_opt.optimize.gains import tune_gains
 
 assert len(jax.devices()) == 4
-config = descent_opt.load_config(["optimizer.steps=4", "optimizer.batch_size=10",
+config = descent_opt.load_config(["optimizer.steps=3", "optimizer.batch_size=10",
+    "optimizer.warmup_steps=0",
     "sim.duration_s=60", "scenario.r0_m=[-50.0,0.0,1500.0]", "scenario.v0_mps=[0.0,0.0,-35.0]",
     "faults.acquisition_range_m=[700.0,1500.0]"])
 out = {"initial": [np.asarray(x).tolist()
