@@ -66,7 +66,7 @@ N_PARAMETER_BINS = 12
 EXACT_LIMIT = 1_000_000  # percentiles are exact up to this many scenarios
 
 
-def _no_acquisition(f: Faults) -> np.ndarray:
+def _late_acquisition(f: Faults) -> np.ndarray:
     return f.acquisition_range_m < 1e8
 
 
@@ -81,7 +81,7 @@ def parameter_bins(sampler: ScenarioSampler) -> dict[str, tuple[np.ndarray, Call
     carry that fault; parameters whose range is a single value are left out."""
     c = jax.tree.map(np.asarray, sampler.catalog)
     spans = {
-        "acquisition_range_m": (c.acquisition_range_m, _no_acquisition),
+        "acquisition_range_m": (c.acquisition_range_m, _late_acquisition),
         "latency_s": (c.latency_s, lambda f: f.latency_s > 0.0),
         "dropout_prob": (c.dropout_prob, lambda f: f.dropout_prob > 0.0),
         "heavy_tail_scale_m": (c.heavy_tail_scale_m, lambda f: f.heavy_tail_scale_m > 0.0),
