@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_cli import run_cli
 
 from descent_opt.aggregate import aggregate, collect
 
@@ -20,14 +21,7 @@ MC = ["+experiment=monte_carlo", "evaluation.n_scenarios=6000", "progress=false"
 
 
 def _cli(args, cwd, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "descent_opt", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(args, cwd, env)
 
 
 def _metrics_with_devices(tmp_path, devices: int) -> dict:

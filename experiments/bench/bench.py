@@ -21,6 +21,8 @@ Writes ``DIR/bench.json`` and ``DIR/bench.md``. Sections (``--skip`` any of them
   + Clarabel, one process per core, one solve per final time).
 - ``main_job``: ``python -m descent_opt +experiment=robust_gains`` end to end in a fresh
   process; its ``wall_time_s``.
+- ``monte_carlo``: ``+experiment=monte_carlo`` over 10^6 scenarios (``--quick``: 10^5) in a
+  fresh process: scenarios per second and peak memory.
 - ``roofline``: XLA's cost analysis of one closed-loop step and what an H100 would make of
   it (see the README).
 
@@ -45,7 +47,15 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-SECTIONS = ("closed_loop", "grad", "compile", "thrust_schedule", "main_job", "roofline")
+SECTIONS = (
+    "closed_loop",
+    "grad",
+    "compile",
+    "thrust_schedule",
+    "main_job",
+    "monte_carlo",
+    "roofline",
+)
 H100 = {"name": "NVIDIA H100 SXM", "bandwidth_bytes_per_s": 3.35e12, "fp32_flops_per_s": 67e12}
 
 
@@ -263,26 +273,30 @@ def compile_times() -> dict:
     return {"compile_s": result}
 
 
-def main_job() -> dict:
-    """The main job end to end in a fresh process; returns its ``wall_time_s``."""
+def _run_job(overrides: list[str]) -> tuple[dict, float, float]:
+    """``python -m descent_opt`` in a fresh process: its metrics, the process's wall time and
+    its peak resident memory (GB)."""
+    import resource
+
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "descent_opt",
-                "+experiment=robust_gains",
-                "progress=false",
-                f"hydra.run.dir={tmp}",
-            ],
+            [sys.executable, "-m", "descent_opt", *overrides, "progress=false",
+             f"hydra.run.dir={tmp}"],
             capture_output=True,
             text=True,
-        )
+        )  # fmt: skip
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
-            raise RuntimeError(f"main job failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"{overrides[0]} failed:\n{done.stderr[-2000:]}")
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
+    return metrics, elapsed, peak_gb
+
+
+def main_job() -> dict:
+    """The main job end to end in a fresh process; returns its ``wall_time_s``."""
+    metrics, elapsed, _ = _run_job(["+experiment=robust_gains"])
     result = {
         "main_job_s": metrics["wall_time_s"],
         "main_job_process_s": elapsed,
@@ -291,6 +305,24 @@ def main_job() -> dict:
     }
     print(f"main job: {result}")
     return result
+
+
+def monte_carlo(n: int) -> dict:
+    """``+experiment=monte_carlo`` over ``n`` scenarios in a fresh process (the built-in
+    design, default faults): scenarios per second including compilation, peak memory (the
+    largest of this run's child processes so far)."""
+    metrics, elapsed, peak_gb = _run_job(["+experiment=monte_carlo", f"evaluation.n_scenarios={n}"])
+    result = {
+        "n_scenarios": metrics["n_scenarios"],
+        "scenarios_per_s": metrics["scenarios_per_s"],
+        "wall_time_s": metrics["wall_time_s"],
+        "process_s": elapsed,
+        "peak_memory_gb": peak_gb,
+        "success_rate": metrics["success_rate"],
+        "success_rate_ci95": metrics["success_rate_ci95"],
+    }
+    print(f"monte carlo: {result}")
+    return {"monte_carlo": result}
 
 
 def roofline(population: int = 65536) -> dict:
@@ -437,6 +469,17 @@ def _markdown(result: dict) -> str:
             f"{result['main_job_m2_replay_mps']:.2f} m/s.",
             "",
         ]
+    if "monte_carlo" in result:
+        r = result["monte_carlo"]
+        lines += [
+            "## Monte Carlo",
+            "",
+            f"`python -m descent_opt +experiment=monte_carlo evaluation.n_scenarios="
+            f"{r['n_scenarios']}`: {r['scenarios_per_s']:,.0f} scenarios/s including "
+            f"compilation ({r['process_s']:.1f} s for the process), peak memory "
+            f"{r['peak_memory_gb']:.2f} GB; success {100 * r['success_rate']:.3f} %.",
+            "",
+        ]
     if "roofline" in result:
         r = result["roofline"]
         lines += [
@@ -488,6 +531,8 @@ def main() -> None:
         result["thrust_schedule"] = thrust_schedule_bench.run(n, n)
     if "main_job" not in args.skip:
         result.update(main_job())
+    if "monte_carlo" not in args.skip:
+        result.update(monte_carlo(100_000 if quick else 1_000_000))
     if "roofline" not in args.skip:
         result.update(roofline())
     result["bench_s"] = time.perf_counter() - started
