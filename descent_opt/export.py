@@ -1,5 +1,6 @@
-"""Gain tables on disk: JSON (the loadable source of truth), CSV, and a C header for
-flight software. Each carries provenance; the header says not to edit it by hand.
+"""Gain tables on disk: JSON (the source of truth, with provenance), CSV, NPZ and a C99
+header for flight software. :func:`load_gains` reads JSON, CSV and NPZ back bit for bit
+(float32); the header says not to edit it by hand and carries the interpolation itself.
 
 The guidance interpolates every scheduled column linearly between altitude breakpoints and
 holds the end values outside them; a flight implementation of the same interpolation over
@@ -19,7 +20,7 @@ import numpy as np
 
 from descent_opt.guidance import NAV_GAINS, SCALAR_GAINS, SCHEDULED_COLUMNS, Gains
 from descent_opt.navigation import NavParams
-from descent_opt.rundir import write_text_atomic
+from descent_opt.rundir import save_npz_atomic, write_text_atomic
 
 FORMAT = "descent_opt.gains/1"
 
@@ -66,14 +67,150 @@ def gains_from_dict(data: dict) -> Gains:
 
 
 def load_gains(path: str | Path) -> Gains:
-    """Read a gains.json written by :func:`write_gain_table`."""
+    """Read a gain table written by :func:`write_gain_table`: ``.json``, ``.csv`` or ``.npz``
+    (float32 values exactly as written). Raises ``ValueError`` naming the file's problem."""
+    path = Path(path)
+    readers = {".json": _read_json, ".csv": _read_csv, ".npz": _read_npz}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(f"gains: {str(path)!r} is not a gain table (.json, .csv or .npz expected)")
+    if not path.is_file():
+        raise ValueError(f"gains: no such file {str(path)!r}")
+    return gains_from_dict(reader(path))
+
+
+def load_provenance(path: str | Path) -> dict:
+    """The provenance stored with a gain table (empty for CSV, which holds none)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return dict(_read_json(path).get("provenance") or {})
+    if path.suffix.lower() == ".npz":
+        return dict(_read_npz(path).get("provenance") or {})
+    return {}
+
+
+def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"gains: no such file {str(path)!r}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"gains: {str(path)!r} is not JSON ({err.msg})") from None
-    return gains_from_dict(data)
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"gains: {str(path)!r} is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"gains: {str(path)!r} does not hold a gain table object")
+    return data
+
+
+def _read_csv(path: Path) -> dict:
+    """The CSV of :func:`gains_csv`: ``# name = value`` lines, a header, one row per
+    breakpoint."""
+    scalars, navigation, rows = {}, {}, []
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"gains: {str(path)!r} is not a CSV gain table") from None
+    body = []
+    for line in lines:
+        if line.startswith("#"):
+            name, _, value = line[1:].partition("=")
+            name = name.strip()
+            target = navigation if name in NAV_GAINS else scalars
+            try:
+                target[name] = float(value)
+            except ValueError:
+                raise ValueError(f"gains: {str(path)!r}: {name} is not a number") from None
+        elif line.strip():
+            body.append(line)
+    reader = csv.reader(body)
+    header = next(reader, None)
+    if header is None or header[0] != "altitude_m":
+        raise ValueError(f"gains: {str(path)!r}: header row altitude_m,... missing")
+    missing = [c for c in SCHEDULED_COLUMNS if c not in header]
+    if missing:
+        raise ValueError(f"gains: {str(path)!r}: column {missing[0]} missing")
+    for number, row in enumerate(reader, start=2):
+        try:
+            rows.append([float(x) for x in row])
+        except ValueError:
+            raise ValueError(f"gains: {str(path)!r}: row {number} is not numbers") from None
+        if len(row) != len(header):
+            raise ValueError(f"gains: {str(path)!r}: row {number} has {len(row)} values")
+    table = np.asarray(rows, dtype=np.float64).reshape(-1, len(header))
+    return {
+        "format": FORMAT,
+        "altitude_breakpoints_m": table[:, 0].tolist(),
+        "schedule": {c: table[:, header.index(c)].tolist() for c in SCHEDULED_COLUMNS},
+        "scalars": scalars,
+        "navigation": navigation,
+    }
+
+
+def _read_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"gains: {str(path)!r} is not an NPZ gain table ({err})") from None
+
+    def get(name):
+        if name not in arrays:
+            raise ValueError(f"gains: {str(path)!r}: entry {name} missing")
+        return arrays[name]
+
+    return {
+        "format": str(get("format")),
+        "provenance": json.loads(str(arrays["provenance"])) if "provenance" in arrays else {},
+        "altitude_breakpoints_m": get("altitude_breakpoints_m"),
+        "schedule": {c: get(c) for c in SCHEDULED_COLUMNS},
+        "scalars": {n: get(n) for n in SCALAR_GAINS},
+        "navigation": {n: get(n) for n in NAV_GAINS},
+    }
+
+
+def gains_npz(gains: Gains, provenance: dict | None = None) -> dict[str, np.ndarray]:
+    """The arrays of the NPZ form: float32 breakpoints, columns and scalars, the format tag
+    and the provenance as JSON text."""
+    d = gains_to_dict(gains, provenance)
+    f32 = lambda x: np.asarray(x, dtype=np.float32)  # noqa: E731
+    return {
+        "format": np.asarray(FORMAT),
+        "provenance": np.asarray(json.dumps(d["provenance"], sort_keys=True)),
+        "altitude_breakpoints_m": f32(d["altitude_breakpoints_m"]),
+        **{c: f32(v) for c, v in d["schedule"].items()},
+        **{k: f32(v) for k, v in d["scalars"].items()},
+        **{k: f32(v) for k, v in d["navigation"].items()},
+    }
+
+
+def provenance(config, **extra) -> dict:
+    """Where a gain table comes from: package version, git commit of the source tree when
+    known, a hash of the whole run configuration, the seed, the creation time (UTC), and
+    ``extra`` (training steps, held-out metrics, ...)."""
+    import hashlib
+    import subprocess
+    import time
+
+    from descent_opt import __version__
+
+    commit = None
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        commit = done.stdout.strip() or None if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "generator": "descent_opt",
+        "version": __version__,
+        "git_commit": commit,
+        "config_sha256": hashlib.sha256(repr(config).encode()).hexdigest(),
+        "seed": config.seed,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **extra,
+    }
 
 
 def gains_csv(gains: Gains) -> str:
@@ -96,8 +233,43 @@ def _c_float(x: float) -> str:
     return f"{x:.9g}f" if ("." in f"{x:.9g}" or "e" in f"{x:.9g}") else f"{x:.9g}.0f"
 
 
+_UNITS = (
+    ("_per_s", "1/s"),
+    ("_mps2", "m/s^2"),
+    ("_mps", "m/s"),
+    ("_m", "m"),
+    ("_s", "s"),
+    ("_sigma", "standard deviations"),
+)
+
+
+def _unit(name: str) -> str:
+    return next((unit for suffix, unit in _UNITS if name.endswith(suffix)), "dimensionless")
+
+
+_C_INTERP = """/* A scheduled column at an altitude (m): linear between breakpoints, held at the end
+   values below the first and above the last breakpoint (the library's rule). */
+static inline float descent_opt_interp(const float column[DESCENT_OPT_GAIN_ROWS],
+                                       float altitude_m)
+{
+    const float *b = descent_opt_altitude_breakpoints_m;
+    int i;
+    if (altitude_m <= b[0]) {
+        return column[0];
+    }
+    for (i = 0; i < DESCENT_OPT_GAIN_ROWS - 1; ++i) {
+        if (altitude_m < b[i + 1]) {
+            const float t = (altitude_m - b[i]) / (b[i + 1] - b[i]);
+            return column[i] + t * (column[i + 1] - column[i]);
+        }
+    }
+    return column[DESCENT_OPT_GAIN_ROWS - 1];
+}"""
+
+
 def gains_header(gains: Gains, provenance: dict | None = None) -> str:
-    """C header: breakpoints, one array per scheduled column, scalar constants."""
+    """C99 header: breakpoints, one array per scheduled column (units in the names),
+    scalar constants, and ``descent_opt_interp``."""
     d = gains_to_dict(gains, provenance)
     n = len(d["altitude_breakpoints_m"])
     lines = [
@@ -112,11 +284,13 @@ def gains_header(gains: Gains, provenance: dict | None = None) -> str:
         "",
         f"#define DESCENT_OPT_GAIN_ROWS {n}",
         "",
+        "/* altitude_breakpoints_m: m (estimated altitude), increasing */",
         "static const float descent_opt_altitude_breakpoints_m[DESCENT_OPT_GAIN_ROWS] = {"
         + ", ".join(_c_float(x) for x in d["altitude_breakpoints_m"])
         + "};",
     ]
     for c in SCHEDULED_COLUMNS:
+        lines.append(f"/* {c}: {_unit(c)} at each breakpoint */")
         lines.append(
             f"static const float descent_opt_{c}[DESCENT_OPT_GAIN_ROWS] = {{"
             + ", ".join(_c_float(x) for x in d["schedule"][c])
@@ -125,15 +299,16 @@ def gains_header(gains: Gains, provenance: dict | None = None) -> str:
     lines.append("")
     for group in ("scalars", "navigation"):
         for k, v in d[group].items():
-            lines.append(f"static const float descent_opt_{k} = {_c_float(v)};")
-    lines += ["", "#endif /* DESCENT_OPT_GAINS_H */", ""]
+            lines.append(f"static const float descent_opt_{k} = {_c_float(v)}; /* {_unit(k)} */")
+    lines += ["", *_C_INTERP.splitlines(), "", "#endif /* DESCENT_OPT_GAINS_H */", ""]
     return "\n".join(lines)
 
 
 def write_gain_table(
     gains: Gains, directory: str | Path, provenance: dict, stem: str = "gains"
 ) -> list[Path]:
-    """Write ``<stem>.json``, ``<stem>.csv`` and ``<stem>.h`` into ``directory``."""
+    """Write ``<stem>.json``, ``<stem>.csv``, ``<stem>.npz`` and ``<stem>.h`` into
+    ``directory``, each through a temporary file."""
     directory = Path(directory)
     files = {
         directory / f"{stem}.json": json.dumps(gains_to_dict(gains, provenance), indent=2) + "\n",
@@ -142,4 +317,5 @@ def write_gain_table(
     }
     for path, text in files.items():
         write_text_atomic(path, text)
-    return list(files)
+    npz = save_npz_atomic(directory / f"{stem}.npz", gains_npz(gains, provenance))
+    return [*files, npz]

@@ -14,7 +14,7 @@ import importlib
 from types import ModuleType
 from typing import Protocol
 
-JOBS = ("robust_gains", "monte_carlo", "thrust_schedule")
+JOBS = ("robust_gains", "monte_carlo", "thrust_schedule", "export")
 
 
 def job(name: str) -> ModuleType:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from descent_opt import report
+from descent_opt import export, report
 from descent_opt.config import RunConfig
 from descent_opt.export import gains_to_dict, load_gains, write_gain_table
 from descent_opt.faults import FaultCatalog
@@ -239,14 +239,17 @@ def write_outputs(
     """Gain tables, plots and ``metrics.json`` (written last, so its presence means the run
     finished)."""
     directory = Path(directory)
-    provenance = {
-        "generator": "descent_opt robust_gains",
-        "seed": config.seed,
-        "vehicle": dataclasses.asdict(config.vehicle),
-        "training_steps": config.optimizer.steps,
-        "heldout_success_rate": result.metrics["optimized"]["success_rate"],
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    headline = ("success_rate", "success_rate_ci95", "success_rate_lower95", "fuel_kg_mean")
+    provenance = export.provenance(
+        config,
+        job="robust_gains",
+        vehicle=dataclasses.asdict(config.vehicle),
+        training_steps=config.optimizer.steps,
+        heldout={
+            name: {k: result.metrics[name][k] for k in headline}
+            for name in ("baseline", "optimized")
+        },
+    )
     written = write_gain_table(result.optimized, directory, provenance)
     base_path = directory / "baseline_gains.json"
     write_text_atomic(
