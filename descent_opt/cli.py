@@ -27,9 +27,10 @@ def config_dir() -> Path:
     raise FileNotFoundError("descent_opt: configuration directory conf/ not found")
 
 
-def fail(message: str) -> None:
+def fail(message: str, status: int = 2) -> None:
+    """One line on stderr and exit: status 2 for bad input, 1 for a run that failed."""
     print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _precheck(overrides: list[str]) -> None:
@@ -161,6 +162,9 @@ def run(cfg) -> None:
     except getattr(module, "BAD_INPUT", ()) as err:
         close()
         fail(str(err))
+    except getattr(module, "FAILURES", ()) as err:
+        close()
+        fail(str(err), status=1)
     finally:
         close()
     import jax

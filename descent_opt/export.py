@@ -36,6 +36,10 @@ def gains_to_dict(gains: Gains, provenance: dict | None = None) -> dict:
         "scalars": {s: float(f32(getattr(gains, s))) for s in SCALAR_GAINS},
         "navigation": {n: float(f32(getattr(gains.nav, n))) for n in NAV_GAINS},
     }
+    for group in ("schedule", "scalars", "navigation"):
+        for name, value in out[group].items():
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"gains: {group}.{name} is not finite; not written")
     return out
 
 

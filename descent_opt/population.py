@@ -113,9 +113,10 @@ class Tally:
     by_parameter: dict[str, dict] = dataclasses.field(default_factory=dict)
     speed_histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     failures: dict[str, np.ndarray] | None = None
+    nonfinite_indices: list[int] = dataclasses.field(default_factory=list)  # the first ones
 
     def __post_init__(self):
-        for name in ("n", "success", "crash", "exhausted", "timeout", "landed"):
+        for name in ("n", "success", "crash", "exhausted", "timeout", "landed", "nonfinite"):
             self.counts.setdefault(name, 0)
         for name in QUANTITIES:
             self.quantities.setdefault(name, ExactOrSketch(exact_limit=self.exact_limit))
@@ -135,8 +136,16 @@ class Tally:
         c["exhausted"] += int(records["exhausted"].sum())
         c["landed"] += int(records["landed"].sum())
         c["timeout"] += int((~records["landed"] & ~records["exhausted"]).sum())
+        # A diverged flight (non-finite outcome) is a failure, counted and listed, and kept
+        # out of the percentiles, histograms and the failure ranking.
+        finite = np.logical_and.reduce([np.isfinite(records[q]) for q in QUANTITIES])
+        kept = records
+        if not finite.all():
+            c["nonfinite"] += int((~finite).sum())
+            self._note_nonfinite(records["index"][~finite])
+            kept = {k: v[finite] for k, v in records.items()}
         for name in QUANTITIES:
-            self.quantities[name].add(records[name])
+            self.quantities[name].add(kept[name])
         for name, member in FAULT_CLASSES.items():
             mask = member(faults)
             self.by_fault[name][0] += int(mask.sum())
@@ -156,14 +165,18 @@ class Tally:
             entry["success"] += np.bincount(where[success[mask]], minlength=len(edges) - 1)
         for name, hist in self.speed_histograms.items():
             hist += np.bincount(
-                np.searchsorted(SPEED_EDGES_MPS, records[name], "right"), minlength=hist.size
+                np.searchsorted(SPEED_EDGES_MPS, kept[name], "right"), minlength=hist.size
             )
-        failed = ~success
+        failed = ~kept["success"]
         if self.keep_failures and failed.any():
-            self.add_failures({k: v[failed] for k, v in records.items()})
+            self.add_failures({k: v[failed] for k, v in kept.items()})
+
+    def _note_nonfinite(self, indices) -> None:
+        self.nonfinite_indices = sorted({*self.nonfinite_indices, *map(int, indices)})[:100]
 
     def merge(self, other: "Tally") -> None:
         """Fold in the tally of another, disjoint set of scenarios."""
+        self._note_nonfinite(other.nonfinite_indices)
         for k, v in other.counts.items():
             self.counts[k] += v
         for k, q in other.quantities.items():
@@ -200,14 +213,32 @@ class Tally:
         the ``monte_carlo`` metrics contract)."""
         c = self.counts
         n = c["n"]
-        q = self.quantities
         rate = lambda k: c[k] / n if n else None  # noqa: E731
+
+        class _Quantile:  # None where no finite value was seen
+            def __init__(self, stat):
+                self.stat = stat
+
+            def quantile(self, p):
+                return self.stat.quantile(p) if self.stat.count else None
+
+            @property
+            def max(self):
+                return self.stat.max if self.stat.count else None
+
+            @property
+            def mean(self):
+                return self.stat.mean if self.stat.count else None
+
+        q = {k: _Quantile(v) for k, v in self.quantities.items()}
         out = {
             "n_scenarios": n,
             "success_rate": rate("success"),
             "success_rate_ci95": list(clopper_pearson(c["success"], n, 0.95)),
             "success_rate_lower95": clopper_pearson_lower(c["success"], n, 0.95),
             "n_failures": n - c["success"],
+            "n_nonfinite": c["nonfinite"],  # flights that diverged (counted as failures)
+            "nonfinite_indices": self.nonfinite_indices,
             "crash_rate": rate("crash"),
             "exhausted_rate": rate("exhausted"),
             "timeout_rate": rate("timeout"),
@@ -222,7 +253,7 @@ class Tally:
             "touchdown_speed_mps_p99": q["touchdown_speed_mps"].quantile(0.99),
             "tilt_deg_p99": q["tilt_deg"].quantile(0.99),
             "miss_distance_m_p99": q["miss_distance_m"].quantile(0.99),
-            "percentile_method": _method(q["fuel_kg"]),
+            "percentile_method": _method(self.quantities["fuel_kg"]),
             "by_fault": {
                 name: {
                     "n_scenarios": m,

@@ -1,6 +1,7 @@
 """Scale-out on one CPU: a population flown over several (forced host) devices gives the
-members and statistics of one device; a Hydra sweep through the real submitit launcher
-(``submitit_local``) is summarised by ``descent_opt.aggregate``, unfinished jobs listed."""
+members and statistics of one device; the compilation cache serves later runs; a Hydra
+sweep through the real submitit launcher (``submitit_local``) is summarised by
+``descent_opt.aggregate``, unfinished jobs listed; tuning is data-parallel over devices."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from test_cli import run_cli
 
 from descent_opt.aggregate import aggregate, collect
 
-MC = ["+experiment=monte_carlo", "evaluation.n_scenarios=6000", "progress=false"]
+MC = ["+experiment=monte_carlo", "evaluation.n_scenarios=13000", "progress=false"]
 
 
 def _cli(args, cwd, env=None):
@@ -27,7 +28,7 @@ def _cli(args, cwd, env=None):
 def _metrics_with_devices(tmp_path, devices: int) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     out = tmp_path / f"devices{devices}"
-    # A shared compilation cache: device 0's programs are compiled once for both runs.
+    shutil.rmtree(out, ignore_errors=True)
     cache = f"compile_cache_dir={tmp_path / 'cache'}"
     proc = _cli([*MC, cache, f"hydra.run.dir={out}"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -35,10 +36,20 @@ def _metrics_with_devices(tmp_path, devices: int) -> dict:
 
 
 def test_four_devices_fly_the_same_members_as_one(tmp_path):
+    # 13,000 members: four pieces of 4,096, one on each device.
     one = _metrics_with_devices(tmp_path, 1)
+    cache = tmp_path / "cache"
+    after_one = {p.name for p in cache.iterdir()}
+    assert any(name.startswith("jit__simulate") for name in after_one)
+    again = _metrics_with_devices(tmp_path, 1)  # served by the cache: nothing compiled
+    assert {p.name for p in cache.iterdir()} == after_one
+    assert again["failures"] == one["failures"]
     four = _metrics_with_devices(tmp_path, 4)
-    assert one["n_scenarios"] == four["n_scenarios"] == 6000
-    assert 0 < one["n_failures"] < 6000
+    # The cache key holds the device count: the 4-device run adds one program per device.
+    added = {p.name for p in cache.iterdir()} - after_one
+    assert sum(name.startswith("jit__simulate") for name in added) == 4
+    assert one["n_scenarios"] == four["n_scenarios"] == 13000
+    assert 0 < one["n_failures"] < 13000
     for key in ("scenarios_per_s", "wall_time_s", "job_time_s"):
         one.pop(key), four.pop(key)
     # Outcomes are bit-identical member by member, so everything else is equal exactly:
@@ -152,18 +163,3 @@ def test_slurm_gpu_preset_composes_one_gpu_jobs():
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
     setup = " ".join(launcher.setup)
     assert "XLA_CLIENT_MEM_FRACTION" in setup and "unset XLA_PYTHON_CLIENT_MEM_FRACTION" in setup
-
-
-def test_compile_cache_is_written_and_reused(tmp_path):
-    cache = tmp_path / "cache"
-    args = [*MC, "evaluation.n_scenarios=100", f"compile_cache_dir={cache}"]
-    first = _cli([*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    entries = sorted(p.name for p in cache.iterdir())
-    assert any(name.startswith("jit__simulate") for name in entries)
-    second = _cli([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert sorted(p.name for p in cache.iterdir()) == entries  # nothing new compiled
-    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert a["success_rate"] == b["success_rate"] and a["failures"] == b["failures"]

@@ -4,7 +4,8 @@ A job module exposes ``run(config, *, progress=None) -> result`` (``progress`` a
 :class:`Progress`), ``write_outputs(result,
 config, directory, wall_time_s)`` (``metrics.json`` last) and ``summary(result) -> str`` (the
 table printed at the end), and may list ``BAD_INPUT``: exceptions of its own that mean the
-configuration asks for something impossible (reported as one line, exit 2). Jobs are
+configuration asks for something impossible (reported as one line, exit 2), and
+``FAILURES``: exceptions that end a run without a result (one line, exit 1). Jobs are
 imported only when run, so validating ``+experiment`` stays cheap.
 """
 

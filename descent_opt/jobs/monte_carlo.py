@@ -12,6 +12,7 @@ members instead and writes their traces.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from descent_opt.population import (
 )
 from descent_opt.rundir import save_npz_atomic, write_metrics
 from descent_opt.simulate import Trace
+
+log = logging.getLogger("descent_opt")
 
 
 @dataclasses.dataclass
@@ -61,6 +64,39 @@ def _member_block(records: dict[str, np.ndarray], i: int) -> dict:
         "exhausted": bool(records["exhausted"][i]),
         "success": bool(records["success"][i]),
     }
+
+
+def _where_diverged(config: RunConfig, gains: Gains, key, indices: list[int]) -> list[dict]:
+    """Re-fly diverged members to find the first step whose state is not finite."""
+    if not indices:
+        return []
+    _, traces = fly_members(config.sim, gains, config.sampler(), config.success, indices, key=key)
+    out = []
+    for i, index in enumerate(indices):
+        state = np.stack(
+            [
+                traces.altitude_m[i],
+                traces.vertical_speed_mps[i],
+                traces.altitude_estimate_m[i],
+                traces.mass_kg[i],
+            ]
+        )
+        bad = ~np.isfinite(state).all(axis=0)
+        step = int(np.argmax(bad)) if bad.any() else None
+        out.append(
+            {
+                "index": int(index),
+                "first_nonfinite_step": step,
+                "time_s": None if step is None else float(traces.time_s[i][step]),
+            }
+        )
+        log.warning(
+            "member %d: state not finite from step %s (re-fly it with evaluation.indices=[%d])",
+            index,
+            step,
+            index,
+        )
+    return out
 
 
 def run(config: RunConfig, *, progress: Progress | None = None) -> MonteCarloResult:
@@ -100,6 +136,7 @@ def run(config: RunConfig, *, progress: Progress | None = None) -> MonteCarloRes
     tally = population.tally
     metrics = {
         **tally.summary(),
+        "nonfinite": _where_diverged(config, gains, key, tally.nonfinite_indices[:5]),
         "failures": tally.failure_list(),
         "scenarios_per_s": population.scenarios_per_s,
         **common,

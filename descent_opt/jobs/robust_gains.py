@@ -27,7 +27,7 @@ from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.jobs import Progress, scenario_progress
 from descent_opt.objectives import landing_metrics
-from descent_opt.optimize.gains import tune_gains
+from descent_opt.optimize.gains import NonFiniteTraining, tune_gains
 from descent_opt.population import PopulationResult, fly_population
 from descent_opt.rundir import write_metrics, write_text_atomic
 from descent_opt.scenarios import (
@@ -37,6 +37,8 @@ from descent_opt.scenarios import (
     sample_scenarios,
 )
 from descent_opt.simulate import Trace, simulate_traces
+
+FAILURES = (NonFiniteTraining,)
 
 
 @dataclasses.dataclass
@@ -198,6 +200,7 @@ def run(
         "by_fault": _by_fault(summary),
         "training": {
             name: {k: float(v[-1]) for k, v in h.items()}
+            | {"nonfinite_grad_total": int(np.sum(h["nonfinite_grad"]))}
             for name, h in (("baseline", history_base), ("optimized", history_opt))
         },
         "job_time_s": time.perf_counter() - start,

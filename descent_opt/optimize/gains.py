@@ -5,7 +5,10 @@ signed ZEV gain as is; altitude breakpoints are fixed. Each step draws a fresh s
 minibatch from its own key, flies it with a softened innovation gate, and follows the
 gradient of the population risk with Adam (warm-up then cosine decay, global-norm clipping).
 The returned gains are an exponential moving average of the iterates (Polyak averaging),
-which removes most of the minibatch noise of the last steps.
+which removes most of the minibatch noise of the last steps. Non-finite gradient entries are
+zeroed and counted per step (``nonfinite_grad`` in the history); a step whose objective or
+whole gradient is not finite, or gains that stop being finite, ends tuning with
+:class:`NonFiniteTraining`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from descent_opt.scenarios import Scenario
 from descent_opt.simulate import SimSpec, simulate
 
 Sampler = Callable[[PRNGKeyArray, int], Scenario]
+
+
+class NonFiniteTraining(RuntimeError):
+    """Tuning met a gradient with no finite entry, or gains that are no longer finite."""
 
 
 class TrainSpec(eqx.Module):
@@ -103,6 +110,7 @@ def _train_step(
     (value, parts), grads = eqx.filter_value_and_grad(population_risk, has_aux=True)(
         params, breakpoints_m, spec, scenarios, criteria, objective, batch
     )
+    nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads))
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
     updates, opt_state = _optimizer(train).update(grads, opt_state, params)
     params = eqx.apply_updates(params, updates)
@@ -112,6 +120,10 @@ def _train_step(
         parts,
         objective=value,
         grad_norm=jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))),
+        nonfinite_grad=nonfinite,
+        params_finite=jnp.all(
+            jnp.asarray([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(mean)])
+        ),
     )
     return params, opt_state, mean, parts
 
@@ -153,6 +165,18 @@ def tune_gains(
             devices,
         )
         parts = {k: float(v) for k, v in parts.items()}
+        entries = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+        diverged = parts["nonfinite_grad"] >= entries or not np.isfinite(parts["objective"])
+        if diverged or not parts["params_finite"]:
+            what = (
+                f"objective {parts['objective']:g}, {parts['nonfinite_grad']:.0f} of the "
+                f"{entries} gradient entries non-finite"
+                if diverged
+                else "the gains became non-finite"
+            )
+            raise NonFiniteTraining(
+                f"tuning stopped at step {i}: {what}; no gain table is returned"
+            )
         for k, v in parts.items():
             history.setdefault(k, []).append(v)
         if progress is not None:
