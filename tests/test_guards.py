@@ -24,36 +24,30 @@ from descent_opt.scenarios import ScenarioSampler, TerrainSpec
 from descent_opt.simulate import SimSpec
 
 
-def test_nonfinite_objective_stops_tuning_at_its_step():
-    spec = SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0)
-    train = tuning.TrainSpec(steps=3, batch_size=5, warmup_steps=1)  # own static setting
-    # A start mass that is not a number makes every flight, and so every gradient entry, NaN.
-    sampler = ScenarioSampler(SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(), np.nan)
-    with pytest.raises(tuning.NonFiniteTraining, match="step 0: objective nan, 70 of the 71"):
-        tuning.tune_gains(
-            spec,
-            default_gains(),
-            sampler,
-            SuccessCriteria(),
-            ObjectiveSpec(),
-            train,
-            key=jax.random.key(0),
-        )
-
-
-def test_history_counts_nonfinite_gradient_entries():
-    spec = SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0)
-    train = tuning.TrainSpec(steps=2, batch_size=5, warmup_steps=1)
-    sampler = ScenarioSampler(SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(), 480.0)
-    _, history = tuning.tune_gains(
-        spec,
+def _tune(mass_initial_kg: float, steps: int):
+    """A few tuning steps on short descents (a static setting of this module's own)."""
+    sampler = ScenarioSampler(
+        SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(), mass_initial_kg
+    )
+    return tuning.tune_gains(
+        SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0),
         default_gains(),
         sampler,
         SuccessCriteria(),
         ObjectiveSpec(),
-        train,
+        tuning.TrainSpec(steps=steps, batch_size=5, warmup_steps=1),
         key=jax.random.key(0),
     )
+
+
+def test_nonfinite_objective_stops_tuning_at_its_step():
+    # A start mass that is not a number makes every flight, and so the objective, NaN.
+    with pytest.raises(tuning.NonFiniteTraining, match="step 0: objective nan, 70 of the 71"):
+        _tune(np.nan, steps=3)
+
+
+def test_history_counts_nonfinite_gradient_entries():
+    _, history = _tune(480.0, steps=2)
     np.testing.assert_array_equal(history["nonfinite_grad"], [0.0, 0.0])
 
 
