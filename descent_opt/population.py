@@ -151,12 +151,10 @@ class Tally:
             self.by_fault[name][0] += int(mask.sum())
             self.by_fault[name][1] += int(success[mask].sum())
         for name, (edges, active) in bins.items():
+            zeros = np.zeros(len(edges) - 1, np.int64)
             entry = self.by_parameter.setdefault(
-                name,
-                {"edges": edges, "n": np.zeros(len(edges) - 1, np.int64), "success": None},
+                name, {"edges": edges, "n": zeros, "success": zeros.copy()}
             )
-            if entry["success"] is None:
-                entry["success"] = np.zeros(len(edges) - 1, np.int64)
             mask = active(faults)
             where = np.clip(
                 np.searchsorted(edges, records[name][mask], "right") - 1, 0, len(edges) - 2
@@ -193,11 +191,7 @@ class Tally:
         for k, h in other.speed_histograms.items():
             self.speed_histograms[k] = self.speed_histograms[k] + h
         if other.failures is not None:
-            merged = Tally(keep_failures=self.keep_failures)
-            for part in (self.failures, other.failures):
-                if part is not None:
-                    merged.add_failures(part)
-            self.failures = merged.failures
+            self.add_failures(other.failures)
 
     def add_failures(self, failures: dict[str, np.ndarray]) -> None:
         """Keep the worst ``keep_failures`` of the kept ones and these: fastest touchdown
@@ -215,22 +209,14 @@ class Tally:
         n = c["n"]
         rate = lambda k: c[k] / n if n else None  # noqa: E731
 
-        class _Quantile:  # None where no finite value was seen
-            def __init__(self, stat):
-                self.stat = stat
+        def stat(name: str, p: float | None = None, field: str = "mean"):
+            """A percentile (or ``max``, ``mean``) of a quantity; None if no finite value
+            was seen (every flight diverged)."""
+            q = self.quantities[name]
+            if not q.count:
+                return None
+            return q.quantile(p) if p is not None else getattr(q, field)
 
-            def quantile(self, p):
-                return self.stat.quantile(p) if self.stat.count else None
-
-            @property
-            def max(self):
-                return self.stat.max if self.stat.count else None
-
-            @property
-            def mean(self):
-                return self.stat.mean if self.stat.count else None
-
-        q = {k: _Quantile(v) for k, v in self.quantities.items()}
         out = {
             "n_scenarios": n,
             "success_rate": rate("success"),
@@ -243,16 +229,16 @@ class Tally:
             "exhausted_rate": rate("exhausted"),
             "timeout_rate": rate("timeout"),
             "landed_rate": rate("landed"),
-            "fuel_kg_mean": q["fuel_kg"].mean,
-            "fuel_kg_p50": q["fuel_kg"].quantile(0.5),
-            "fuel_kg_p99": q["fuel_kg"].quantile(0.99),
-            "touchdown_vz_mps_p50": q["touchdown_vz_mps"].quantile(0.5),
-            "touchdown_vz_mps_p99": q["touchdown_vz_mps"].quantile(0.99),
-            "touchdown_vz_mps_max": q["touchdown_vz_mps"].max,
-            "touchdown_vh_mps_p99": q["touchdown_vh_mps"].quantile(0.99),
-            "touchdown_speed_mps_p99": q["touchdown_speed_mps"].quantile(0.99),
-            "tilt_deg_p99": q["tilt_deg"].quantile(0.99),
-            "miss_distance_m_p99": q["miss_distance_m"].quantile(0.99),
+            "fuel_kg_mean": stat("fuel_kg"),
+            "fuel_kg_p50": stat("fuel_kg", 0.5),
+            "fuel_kg_p99": stat("fuel_kg", 0.99),
+            "touchdown_vz_mps_p50": stat("touchdown_vz_mps", 0.5),
+            "touchdown_vz_mps_p99": stat("touchdown_vz_mps", 0.99),
+            "touchdown_vz_mps_max": stat("touchdown_vz_mps", field="max"),
+            "touchdown_vh_mps_p99": stat("touchdown_vh_mps", 0.99),
+            "touchdown_speed_mps_p99": stat("touchdown_speed_mps", 0.99),
+            "tilt_deg_p99": stat("tilt_deg", 0.99),
+            "miss_distance_m_p99": stat("miss_distance_m", 0.99),
             "percentile_method": _method(self.quantities["fuel_kg"]),
             "by_fault": {
                 name: {

@@ -43,3 +43,21 @@ def scenario_progress(progress: Progress, phase: str, total: int):
         progress(phase, done, total, "scenario", {"success": c["success"] / max(c["n"], 1)})
 
     return report
+
+
+def starting_gains(config):
+    """The gain table a job starts from (``gains=PATH``, else the built-in design) and
+    where it came from; with ``precision=float64`` switches JAX to 64-bit first (global:
+    arrays created from here on)."""
+    import jax
+
+    from descent_opt.export import load_gains
+    from descent_opt.guidance import default_gains
+
+    if config.precision == "float64":
+        jax.config.update("jax_enable_x64", True)
+    if config.gains_path:
+        from pathlib import Path
+
+        return load_gains(config.gains_path), str(Path(config.gains_path).resolve())
+    return default_gains(config.altitude_breakpoints_m), "built-in design (default_gains)"

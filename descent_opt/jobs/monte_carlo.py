@@ -21,9 +21,8 @@ import numpy as np
 
 from descent_opt import report
 from descent_opt.config import RunConfig
-from descent_opt.export import load_gains
-from descent_opt.guidance import Gains, default_gains
-from descent_opt.jobs import Progress, scenario_progress
+from descent_opt.guidance import Gains
+from descent_opt.jobs import Progress, scenario_progress, starting_gains
 from descent_opt.population import (
     SPEED_EDGES_MPS,
     PopulationResult,
@@ -42,13 +41,6 @@ class MonteCarloResult:
     population: PopulationResult | None  # the population run (None when re-flying)
     members: dict[str, np.ndarray] | None  # re-flown members' records
     traces: Trace | None  # re-flown members' traces, scenario first
-
-
-def gains_of(config: RunConfig) -> tuple[Gains, str]:
-    """The gain table to fly and where it came from."""
-    if config.gains_path:
-        return load_gains(config.gains_path), str(Path(config.gains_path).resolve())
-    return default_gains(config.altitude_breakpoints_m), "built-in design (default_gains)"
 
 
 def _member_block(records: dict[str, np.ndarray], i: int) -> dict:
@@ -102,9 +94,7 @@ def _where_diverged(config: RunConfig, gains: Gains, key, indices: list[int]) ->
 def run(config: RunConfig, *, progress: Progress | None = None) -> MonteCarloResult:
     """Fly the population (or re-fly ``evaluation.indices``) and gather the metrics."""
     start = time.perf_counter()
-    if config.precision == "float64":
-        jax.config.update("jax_enable_x64", True)
-    gains, source = gains_of(config)
+    gains, source = starting_gains(config)
     ev = config.evaluation
     key = config.population_key()
     common = {"seed": config.seed, "seed_offset": ev.seed_offset, "gains": source}

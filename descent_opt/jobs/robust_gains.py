@@ -22,10 +22,10 @@ import numpy as np
 
 from descent_opt import export, report
 from descent_opt.config import RunConfig
-from descent_opt.export import gains_to_dict, load_gains, write_gain_table
+from descent_opt.export import gains_to_dict, write_gain_table
 from descent_opt.faults import FaultCatalog
-from descent_opt.guidance import Gains, default_gains
-from descent_opt.jobs import Progress, scenario_progress
+from descent_opt.guidance import Gains
+from descent_opt.jobs import Progress, scenario_progress, starting_gains
 from descent_opt.objectives import landing_metrics
 from descent_opt.optimize.gains import NonFiniteTraining, tune_gains
 from descent_opt.population import PopulationResult, fly_population
@@ -127,14 +127,8 @@ def run(
 
     ``progress`` (:class:`~descent_opt.jobs.Progress`) is told of every optimisation step."""
     start = time.perf_counter()
-    if config.precision == "float64":
-        jax.config.update("jax_enable_x64", True)  # global: affects arrays created from here on
-    if initial is None:
-        initial = (
-            load_gains(config.gains_path)
-            if config.gains_path
-            else default_gains(config.altitude_breakpoints_m)
-        )
+    design, _ = starting_gains(config)
+    initial = design if initial is None else initial
     key = jax.random.key(config.seed)
     k_base, k_robust = jax.random.split(key)
     nominal = FaultCatalog.nominal(config.sim.lrf.max_range_m)
