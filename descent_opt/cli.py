@@ -154,11 +154,32 @@ def run(cfg) -> None:
     except ValueError as err:
         fail(str(err).splitlines()[0])
 
+    import jax
+
+    from descent_opt.checkpoint import CheckpointMismatch, Checkpoints, Interrupted
+
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     module = job(config.experiment)
+    checkpoints = Checkpoints(
+        out_dir,
+        config.settings(),
+        config.checkpoint_every_steps,
+        write=jax.process_index() == 0,
+    )
+    extra = {"checkpoints": checkpoints} if getattr(module, "CHECKPOINTED", False) else {}
+    if extra and config.resume:
+        try:
+            if not checkpoints.load():
+                log.info("resume: no %s yet; starting from the beginning", checkpoints.path)
+        except CheckpointMismatch as err:
+            fail(str(err))
     progress, close = _make_progress(config.progress)
     try:
-        result = module.run(config, progress=progress)
+        with checkpoints.catch_signals():
+            result = module.run(config, progress=progress, **extra)
+    except Interrupted as err:
+        close()
+        fail(str(err), status=128 + err.signum)
     except getattr(module, "BAD_INPUT", ()) as err:
         close()
         fail(str(err))
@@ -167,7 +188,6 @@ def run(cfg) -> None:
         fail(str(err), status=1)
     finally:
         close()
-    import jax
 
     if jax.process_index() != 0:  # every process has the whole result; one writes it
         return

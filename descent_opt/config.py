@@ -8,6 +8,7 @@ A violation raises :class:`ConfigError` naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -84,6 +85,15 @@ class RunConfig:
     schedule_batch_size: int = 64
     distributed: DistributedSpec = DistributedSpec()
     compile_cache_dir: str | None = None
+    checkpoint_every_steps: int = 10
+    resume: bool = False
+    settings_json: str = "{}"  # every key as composed (dotted names), for checkpoints
+
+    def settings(self) -> dict:
+        """Every configuration key as composed, by dotted name."""
+        import json
+
+        return json.loads(self.settings_json)
 
     def population_key(self, nominal_sensors: bool = False):
         """Key of the held-out population (``seed + evaluation.seed_offset``): the one with
@@ -281,6 +291,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         raise ConfigError("gains", "a path to a gains.json file", gains_path)
     progress = top.flag("progress", True)
     precision = top.choice("precision", PRECISIONS, "float32")
+    resume = top.flag("resume", False)
     cache = top.raw("compile_cache_dir", "unset")
     if cache not in ("unset", None) and (not isinstance(cache, str) or not cache.strip()):
         raise ConfigError("compile_cache_dir", "a directory path or null", cache)
@@ -301,6 +312,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         "replay",
         "thrust_schedule",
         "distributed",
+        "checkpoint",
         "hydra",
     ):
         top.used.add(group)
@@ -470,6 +482,9 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     ts.done()
 
     distributed = _distributed(cfg)
+    ck = _Group(cfg, "checkpoint")
+    checkpoint_every_steps = ck.number("every_steps", 10, lo=1, integer=True)
+    ck.done()
 
     sim_spec = SimSpec(
         vehicle=vehicle,
@@ -505,4 +520,19 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         schedule_batch_size=schedule_batch_size,
         distributed=distributed,
         compile_cache_dir=None if cache in ("unset", None) else cache,
+        checkpoint_every_steps=checkpoint_every_steps,
+        resume=resume,
+        settings_json=json.dumps(_flatten(cfg), sort_keys=True, default=str),
     )
+
+
+def _flatten(cfg: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if k == "hydra" and not prefix:
+            continue
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, (list, tuple)) else v
+    return out

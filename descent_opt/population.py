@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
+from descent_opt.device_program import DeviceProgram
 from descent_opt.distributed import allgather_objects, index_range
 from descent_opt.faults import Faults
 from descent_opt.guidance import Gains
@@ -324,9 +324,18 @@ def records_of(
     return records
 
 
-@eqx.filter_jit
-def _draw(sampler: ScenarioSampler, key: PRNGKeyArray, indices) -> Scenario:
+def _draw_members(sampler: ScenarioSampler, key: PRNGKeyArray, indices) -> Scenario:
     return sampler.members(key, indices)
+
+
+def _simulate_members(spec: SimSpec, gains: Gains, scenarios: Scenario):
+    return _simulate(spec, gains, scenarios)
+
+
+# Every piece of every population is drawn and flown by these two programs, compiled once
+# and loaded onto each local device (:mod:`descent_opt.device_program`).
+_draw = DeviceProgram(_draw_members)
+_fly = DeviceProgram(_simulate_members)
 
 
 def flight_size() -> int:
@@ -355,17 +364,16 @@ def _fly_pieces(
     one piece per device at a time when there are several local devices (piece ``k`` on
     device ``k mod count``). Every piece runs the same single-device program: a program
     partitioned over devices (SPMD) rounds differently in the last bit for a few percent of
-    members, which could flip a borderline landing."""
+    members, which could flip a borderline landing; the program is compiled once and loaded
+    onto the other devices (:class:`DeviceProgram`)."""
     spec = eqx.tree_at(lambda s: s.chunk_size, spec, len(pieces[0]), is_leaf=lambda x: x is None)
     devices = jax.local_devices()
 
     def fly(job):
         position, indices = job
-        placed = jnp.asarray(indices, jnp.uint32)
-        if len(devices) > 1:
-            placed = jax.device_put(placed, devices[position % len(devices)])
-        scenarios = _draw(sampler, key, placed)
-        return records_of(indices, scenarios, _simulate(spec, gains, scenarios), criteria)
+        device = devices[position % len(devices)]
+        scenarios = _draw(device, sampler, key, np.asarray(indices, np.uint32))
+        return records_of(indices, scenarios, _fly(device, spec, gains, scenarios), criteria)
 
     workers = len(devices) if len(devices) > 1 else default_workers()
     parts = map_pieces(fly, list(enumerate(pieces)), workers)
@@ -406,9 +414,11 @@ def fly_population(
     the whole population's tally (and records)."""
     begin = time.perf_counter()
     processes = jax.process_count()
+    total = n
     if processes > 1:  # each process flies its own index range; results gathered below
         offset, n = index_range(n, jax.process_index(), processes)
         start += offset
+    done = reported = 0  # this process's members, and the share of ``total`` reported
     piece = flight_size()
     size = max(1, -(-min(chunk_size or default_chunk_size(), n) // piece)) * piece
     bins = parameter_bins(sampler)
@@ -426,8 +436,11 @@ def fly_population(
         tally.add(records, bins)
         if keep_records:
             kept.append(records)
-        if progress is not None:
-            progress(int(valid.sum()), tally)
+        if progress is not None:  # a process's bar runs to the population's size
+            done += int(valid.sum())
+            share = done * total // n
+            progress(share - reported, tally)
+            reported = share
     if processes > 1:
         parts = allgather_objects((tally, kept))
         tally = parts[0][0]
@@ -457,6 +470,6 @@ def fly_members(
     pieces = [padded[p : p + piece] for p in range(0, len(padded), piece)]
     records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
     records = {k: v[: len(indices)] for k, v in records.items()}
-    scenarios = _draw(sampler, key, jnp.asarray(indices, jnp.uint32))
+    scenarios = _draw(jax.local_devices()[0], sampler, key, indices.astype(np.uint32))
     _, traces = simulate_traces(spec, gains, scenarios)
     return records, jax.tree.map(np.asarray, traces)

@@ -50,6 +50,8 @@ BAD_INPUTS = [
     ("navigation.reject_policy=sometimes", "navigation.reject_policy"),
     ("vehicle.colour=red", "vehicle.colour"),
     ("gains=/no/such/gains.json", "gains"),
+    ("checkpoint.every_steps=0", "checkpoint.every_steps"),
+    ("resume=maybe", "resume"),
 ]
 
 

@@ -62,6 +62,7 @@ INVALID = [
     ("optimizer", "batch_size", st.integers(max_value=0)),
     ("sim", "dt_s", st.one_of(st.floats(-10, 0), st.just(math.nan), st.just(math.inf))),
     ("vehicle", "isp_s", st.one_of(st.just(math.nan), st.just(-math.inf), st.floats(-1e3, 0))),
+    ("checkpoint", "every_steps", st.one_of(st.integers(max_value=0), st.just(1.5))),
 ]  # fmt: skip
 
 
@@ -76,6 +77,32 @@ def test_valid_values_are_accepted(group, key, values):
         config.sampler()  # the model objects build without error
 
     check()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({f"{g}.{k}": values for g, k, values in VALID}), st.booleans())
+def test_valid_configs_build_what_jobs_build_before_compiling(values, resume):
+    """Every valid key at once: the configuration, the sampler, the first members of the
+    held-out population, the starting gains and the tuning state all build, finite."""
+    import jax
+    import jax.numpy as jnp
+
+    from descent_opt.jobs import starting_gains
+    from descent_opt.optimize.gains import initial_state
+
+    cfg = _base()
+    for name, value in values.items():
+        group, key = name.split(".")
+        cfg[group][key] = value
+    cfg["resume"] = resume
+    config = from_mapping(cfg)
+    members = config.sampler().members(config.population_key(), jnp.arange(3, dtype=jnp.uint32))
+    for leaf in jax.tree.leaves(members):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            assert bool(jnp.isfinite(leaf).all())
+    gains, _ = starting_gains(config)
+    state = initial_state(gains, config.optimizer, key=jax.random.key(config.seed))
+    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(state.params))
 
 
 @pytest.mark.parametrize("group,key,values", INVALID, ids=[f"{g}.{k}" for g, k, _ in INVALID])

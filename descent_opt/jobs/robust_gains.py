@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -21,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from descent_opt import export, report
+from descent_opt.checkpoint import Checkpoints
 from descent_opt.config import RunConfig
 from descent_opt.export import gains_to_dict, write_gain_table
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains
 from descent_opt.jobs import Progress, scenario_progress, starting_gains
 from descent_opt.objectives import landing_metrics
-from descent_opt.optimize.gains import NonFiniteTraining, tune_gains
+from descent_opt.optimize.gains import NonFiniteTraining, initial_state, tune_gains
 from descent_opt.population import PopulationResult, fly_population
 from descent_opt.rundir import write_metrics, write_text_atomic
 from descent_opt.scenarios import (
@@ -38,7 +41,9 @@ from descent_opt.scenarios import (
 )
 from descent_opt.simulate import Trace, simulate_traces
 
+log = logging.getLogger("descent_opt")
 FAILURES = (NonFiniteTraining,)
+CHECKPOINTED = True  # run() takes checkpoints=
 
 
 @dataclasses.dataclass
@@ -122,10 +127,13 @@ def run(
     *,
     progress: Progress | None = None,
     initial: Gains | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> RobustGainsResult:
     """Tune baseline and robust gains, evaluate both, replay Mission 2.
 
-    ``progress`` (:class:`~descent_opt.jobs.Progress`) is told of every optimisation step."""
+    ``progress`` (:class:`~descent_opt.jobs.Progress`) is told of every optimisation step;
+    ``checkpoints`` (:class:`~descent_opt.checkpoint.Checkpoints`) saves both tunings as
+    they go and holds the state a resumed run continues from."""
     start = time.perf_counter()
     design, _ = starting_gains(config)
     initial = design if initial is None else initial
@@ -144,16 +152,27 @@ def run(
                 "step",
                 {"objective": parts["objective"], "fuel": parts["fuel_fraction"]},
             )
-        return tune_gains(
-            config.sim,
-            initial,
-            config.sampler(catalog),
-            config.success,
-            config.objective,
-            config.optimizer,
-            key=k,
-            progress=callback,
-        )
+        start = on_step = None
+        within = contextlib.nullcontext()
+        if checkpoints is not None:
+            start = checkpoints.state(phase, initial_state(initial, config.optimizer, key=k))
+            if start is not None:
+                log.info("resuming %s tuning after step %d of %d", phase, start.step, steps)
+            on_step = checkpoints.saver(phase, steps)
+            within = checkpoints.tuning_phase()
+        with within:
+            return tune_gains(
+                config.sim,
+                initial,
+                config.sampler(catalog),
+                config.success,
+                config.objective,
+                config.optimizer,
+                key=k,
+                progress=callback,
+                start=start,
+                on_step=on_step,
+            )
 
     # Same design, objective, budget and optimiser for both; only the sensors differ.
     baseline, history_base = tune("baseline", nominal, k_base)

@@ -13,7 +13,9 @@ whole gradient is not finite, or gains that stop being finite, ends tuning with
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -128,6 +130,24 @@ def _train_step(
     return params, opt_state, mean, parts
 
 
+@dataclasses.dataclass
+class TrainState:
+    """Where a tuning run stands after ``step`` steps: everything the next step needs."""
+
+    step: int
+    params: Any  # unconstrained parameters (:func:`to_params`)
+    opt_state: Any  # the optimiser's state
+    mean: Any  # exponential moving average of the iterates (the gains returned)
+    key: PRNGKeyArray  # the run's key; step ``i`` uses ``split(key, steps)[i]``
+    history: dict[str, list[float]]
+
+
+def initial_state(initial: Gains, train: TrainSpec, *, key: PRNGKeyArray) -> TrainState:
+    """The state before the first step of tuning from ``initial``."""
+    params = to_params(initial)
+    return TrainState(0, params, _optimizer(train).init(params), params, key, {})
+
+
 def tune_gains(
     spec: SimSpec,
     initial: Gains,
@@ -139,18 +159,24 @@ def tune_gains(
     key: PRNGKeyArray,
     progress: Callable[[int, dict], None] | None = None,
     devices=None,
+    start: TrainState | None = None,
+    on_step: Callable[[TrainState], None] | None = None,
 ) -> tuple[Gains, dict[str, np.ndarray]]:
     """Minimise the population risk over the gains; returns the tuned (averaged) gains and
     the per-step history of the objective and its parts. Each minibatch is shared over
-    ``devices`` (default: every local device)."""
-    devices = tuple(jax.local_devices() if devices is None else devices)
+    ``devices`` (default: every device; under ``jax.distributed`` those of every process,
+    which then all run this call with the same arguments and end with the same gains).
+    ``start`` continues a run from a saved :class:`TrainState` (same arguments; the result
+    is bit-identical to an uninterrupted run's); ``on_step`` is given the state after every
+    step (to checkpoint it)."""
+    devices = tuple(jax.devices() if devices is None else devices)
     spec = eqx.tree_at(lambda s: (s.gate_softness, s.unrolled), spec, (train.gate_softness, False))
     breakpoints = initial.altitude_breakpoints_m
-    params = to_params(initial)
-    mean = params
-    opt_state = _optimizer(train).init(params)
-    history: dict[str, list[float]] = {}
-    for i, step_key in enumerate(jax.random.split(key, train.steps)):
+    state = start if start is not None else initial_state(initial, train, key=key)
+    params, opt_state, mean = state.params, state.opt_state, state.mean
+    history = {k: list(v) for k, v in state.history.items()}
+    step_keys = jax.random.split(state.key, train.steps)
+    for i in range(state.step, train.steps):
         params, opt_state, mean, parts = _train_step(
             train,
             spec,
@@ -161,7 +187,7 @@ def tune_gains(
             params,
             opt_state,
             mean,
-            step_key,
+            step_keys[i],
             devices,
         )
         parts = {k: float(v) for k, v in parts.items()}
@@ -181,4 +207,6 @@ def tune_gains(
             history.setdefault(k, []).append(v)
         if progress is not None:
             progress(i, parts)
+        if on_step is not None:
+            on_step(TrainState(i + 1, params, opt_state, mean, state.key, history))
     return from_params(mean, breakpoints), {k: np.asarray(v) for k, v in history.items()}

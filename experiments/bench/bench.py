@@ -54,6 +54,7 @@ SECTIONS = (
     "thrust_schedule",
     "main_job",
     "monte_carlo",
+    "devices",
     "roofline",
 )
 H100 = {"name": "NVIDIA H100 SXM", "bandwidth_bytes_per_s": 3.35e12, "fp32_flops_per_s": 67e12}
@@ -273,7 +274,7 @@ def compile_times() -> dict:
     return {"compile_s": result}
 
 
-def _run_job(overrides: list[str]) -> tuple[dict, float, float]:
+def _run_job(overrides: list[str], env: dict | None = None) -> tuple[dict, float, float]:
     """``python -m descent_opt`` in a fresh process: its metrics, the process's wall time and
     its peak resident memory (GB)."""
     import resource
@@ -285,6 +286,7 @@ def _run_job(overrides: list[str]) -> tuple[dict, float, float]:
              f"hydra.run.dir={tmp}"],
             capture_output=True,
             text=True,
+            env=env,
         )  # fmt: skip
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
@@ -323,6 +325,39 @@ def monte_carlo(n: int) -> dict:
     }
     print(f"monte carlo: {result}")
     return {"monte_carlo": result}
+
+
+def devices(n: int, repeats: int) -> dict:
+    """``+experiment=monte_carlo`` over ``n`` scenarios with 1 and with 2 forced host
+    devices, alternating, ``repeats`` times each: cold (nothing cached, each run compiles)
+    and warm (a persistent compilation cache primed by one run of each). Scenarios per
+    second including compilation, median of the repeats."""
+    runs: dict = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for mode in ("cold", "warm"):
+            extra = [f"compile_cache_dir={cache}"] if mode == "warm" else []
+            if mode == "warm":
+                for count in (1, 2):
+                    _run_job(["+experiment=monte_carlo", "evaluation.n_scenarios=4096", *extra],
+                             _forced_devices(count))  # fmt: skip
+            for _ in range(repeats):
+                for count in (1, 2):
+                    metrics, _, _ = _run_job(
+                        ["+experiment=monte_carlo", f"evaluation.n_scenarios={n}", *extra],
+                        _forced_devices(count),
+                    )
+                    runs.setdefault(f"{mode}_{count}", []).append(metrics["scenarios_per_s"])
+    result = {"n_scenarios": n, "repeats": repeats, "runs": runs}
+    for mode in ("cold", "warm"):
+        one, two = (float(np.median(runs[f"{mode}_{c}"])) for c in (1, 2))
+        result[mode] = {"one_device": one, "two_devices": two, "ratio": two / one}
+    print(f"devices: {result}")
+    return {"devices": result}
+
+
+def _forced_devices(count: int) -> dict:
+    flags = os.environ.get("XLA_FLAGS", "")
+    return dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={count}")
 
 
 def roofline(population: int = 65536) -> dict:
@@ -480,6 +515,24 @@ def _markdown(result: dict) -> str:
             f"{r['peak_memory_gb']:.2f} GB; success {100 * r['success_rate']:.3f} %.",
             "",
         ]
+    if "devices" in result:
+        r = result["devices"]
+        lines += [
+            "## Monte Carlo over forced host devices (scenarios/s, including compilation)",
+            "",
+            f"`+experiment=monte_carlo evaluation.n_scenarios={r['n_scenarios']}`, "
+            f"`XLA_FLAGS=--xla_force_host_platform_device_count=1|2`, alternating, median "
+            f"of {r['repeats']}:",
+            "",
+            "| compilation cache | 1 device | 2 devices | 2 / 1 |",
+            "|---|---:|---:|---:|",
+        ]
+        for mode in ("cold", "warm"):
+            m = r[mode]
+            lines.append(
+                f"| {mode} | {m['one_device']:,.0f} | {m['two_devices']:,.0f} | {m['ratio']:.3f} |"
+            )
+        lines.append("")
     if "roofline" in result:
         r = result["roofline"]
         lines += [
@@ -533,6 +586,8 @@ def main() -> None:
         result.update(main_job())
     if "monte_carlo" not in args.skip:
         result.update(monte_carlo(100_000 if quick else 1_000_000))
+    if "devices" not in args.skip:
+        result.update(devices(100_000 if quick else 300_000, repeats=2 if quick else 3))
     if "roofline" not in args.skip:
         result.update(roofline())
     result["bench_s"] = time.perf_counter() - started

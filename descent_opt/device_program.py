@@ -1,0 +1,136 @@
+"""One compiled program, run on any local device.
+
+Populations are flown piece by piece, each piece on one local device by the same
+single-device program. A program partitioned over a device mesh (SPMD) is compiled
+differently from the single-device one and rounds differently in the last bit for many
+members (on this project's closed loop: a third of the touchdown velocities of 16,384
+members differ between a 1-device and a 2-device mesh), which makes a member's outcome
+depend on the device count and can flip a borderline landing. Compiling the single-device
+program once per device costs one compilation per device instead; :class:`DeviceProgram`
+compiles it once, for the first device it is asked for, and loads that executable onto
+the other devices (what JAX itself does when it serves a GPU program from its persistent
+cache to another device). Where the loading is not supported (another JAX version, a
+backend that refuses it) the program is compiled for that device, as jit would.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import pickle
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import numpy as np
+
+log = logging.getLogger("descent_opt")
+
+
+class _Relocating(pickle.Unpickler):
+    """Reads a serialized single-device executable for another device of the same client."""
+
+    def __init__(self, file, device, device_list, options):
+        super().__init__(file)
+        self.device, self.device_list, self.options = device, device_list, options
+
+    def persistent_load(self, pid):
+        kind = pid[0]
+        if kind == "exec":
+            return self.device.client.deserialize_executable(
+                pid[1], executable_devices=self.device_list, compile_options=self.options
+            )
+        if kind == "device":
+            return self.device
+        if kind == "client":
+            return self.device.client
+        raise pickle.UnpicklingError(f"unexpected entry {kind!r} in a serialized executable")
+
+
+def relocate(compiled: jax.stages.Compiled, device) -> jax.stages.Compiled:
+    """The single-device executable ``compiled`` loaded onto ``device`` (same backend),
+    without compiling again."""
+    from jax._src.lib import xla_client
+    from jax.experimental import serialize_executable
+    from jax.extend.backend import get_compile_options
+
+    payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+    options = get_compile_options(
+        num_replicas=1, num_partitions=1, device_assignment=np.array([device])
+    )
+    reader = _Relocating(io.BytesIO(payload), device, xla_client.DeviceList((device,)), options)
+    unloaded, args_info, no_kwargs = reader.load()
+    return jax.stages.Compiled(
+        unloaded.load(), [], in_tree.unflatten(args_info), out_tree, no_kwargs=no_kwargs
+    )
+
+
+def _persistent_cache_in_use() -> bool:
+    return bool(jax.config.jax_compilation_cache_dir) and jax.config.jax_enable_compilation_cache
+
+
+class _Slot:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.program: jax.stages.Compiled | None = None
+
+
+class DeviceProgram:
+    """``fun`` compiled once per argument signature and run on whichever local device it is
+    asked for (``program(device, *args)``); thread-safe. As with ``equinox.filter_jit``,
+    array leaves of the arguments are traced and every other leaf is static (hashable).
+
+    With JAX's persistent compilation cache in use, every device's program is compiled
+    through it instead (after the first device's): an executable read back from that cache
+    on the CPU cannot be serialized again whole, and each device's program is then in the
+    cache for later runs (on GPUs JAX serves one entry to every device)."""
+
+    def __init__(self, fun: Callable, max_programs: int = 64):
+        def split_call(dynamic, static):
+            return fun(*eqx.combine(dynamic, static))
+
+        split_call.__name__ = split_call.__qualname__ = fun.__name__  # names cache entries
+        self._jit = jax.jit(split_call, static_argnums=1)
+        self._slots: OrderedDict = OrderedDict()  # (signature, device) -> _Slot
+        self._lock = threading.Lock()
+        self._max = max_programs
+        self.relocated = 0  # executables loaded rather than compiled (for tests)
+        functools.update_wrapper(self, fun)
+
+    def __call__(self, device, *args):
+        dynamic, static = eqx.partition(args, eqx.is_array)
+        dynamic = jax.device_put(dynamic, device)
+        leaves, tree = jax.tree.flatten(dynamic)
+        signature = (tree, tuple((x.shape, x.dtype) for x in leaves), static)
+        return self._program(signature, device, dynamic, static)(dynamic)
+
+    def _program(self, signature, device, dynamic, static) -> jax.stages.Compiled:
+        with self._lock:
+            slot = self._slots.get((signature, device))
+            if slot is None:
+                slot = self._slots[(signature, device)] = _Slot()
+                while len(self._slots) > self._max:
+                    self._slots.popitem(last=False)
+        with slot.lock:
+            if slot.program is None:
+                slot.program = self._build(signature, device, dynamic, static)
+            return slot.program
+
+    def _build(self, signature, device, dynamic, static) -> jax.stages.Compiled:
+        # Compiled first for the backend's first local device, whichever device asks first,
+        # so that the program a persistent cache holds does not depend on thread timing.
+        home = jax.local_devices(backend=device.platform)[0]
+        if device == home:
+            return self._jit.lower(dynamic, static).compile()
+        first = self._program(signature, home, jax.device_put(dynamic, home), static)
+        if not _persistent_cache_in_use():
+            try:
+                program = relocate(first, device)
+                self.relocated += 1
+                return program
+            except Exception as error:  # noqa: BLE001 - any failure: compile instead
+                log.debug("loading a compiled program onto %s failed (%s)", device, error)
+        return self._jit.lower(dynamic, static).compile()
