@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from descent_opt.rundir import save_figure_atomic
+
 # Headline metrics per job, as (column, path into metrics.json).
 HEADLINES = {
     "monte_carlo": (
@@ -202,7 +204,7 @@ def plot_summary(rows: list[dict], path: Path) -> None:
             ha="right",
         )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 

@@ -76,17 +76,23 @@ class _Slot:
     def __init__(self):
         self.lock = threading.Lock()
         self.program: jax.stages.Compiled | None = None
+        self.loading: threading.Thread | None = None
 
 
 class DeviceProgram:
-    """``fun`` compiled once per argument signature and run on whichever local device it is
-    asked for (``program(device, *args)``); thread-safe. As with ``equinox.filter_jit``,
-    array leaves of the arguments are traced and every other leaf is static (hashable).
+    """``fun`` compiled once per argument signature and run on local devices
+    (``program(device, *args)``); thread-safe. As with ``equinox.filter_jit``, array leaves
+    of the arguments are traced and every other leaf is static (hashable).
 
-    With JAX's persistent compilation cache in use, every device's program is compiled
-    through it instead (after the first device's): an executable read back from that cache
-    on the CPU cannot be serialized again whole, and each device's program is then in the
-    cache for later runs (on GPUs JAX serves one entry to every device)."""
+    The program is compiled for the backend's first local device, whichever device asks
+    first. A call for another device whose copy is not loaded yet runs on the first device
+    while the copy loads in the background, so loading never delays a population (the
+    result is the same bit for bit on any device); :meth:`wait` waits for the loads.
+
+    With JAX's persistent compilation cache in use, every device's copy is compiled through
+    it instead of loaded from the first device's: an executable read back from that cache
+    on the CPU cannot be serialized whole again, and each device's copy is then in the cache
+    for later runs (on GPUs JAX serves one entry to every device)."""
 
     def __init__(self, fun: Callable, max_programs: int = 64):
         def split_call(dynamic, static):
@@ -102,35 +108,54 @@ class DeviceProgram:
 
     def __call__(self, device, *args):
         dynamic, static = eqx.partition(args, eqx.is_array)
-        dynamic = jax.device_put(dynamic, device)
         leaves, tree = jax.tree.flatten(dynamic)
         signature = (tree, tuple((x.shape, x.dtype) for x in leaves), static)
-        return self._program(signature, device, dynamic, static)(dynamic)
+        home = jax.local_devices(backend=device.platform)[0]
+        first = self._slot(signature, home)
+        with first.lock:  # the first device's copy is compiled before anything runs
+            if first.program is None:
+                first.program = self._jit.lower(jax.device_put(dynamic, home), static).compile()
+        program = first.program
+        if device != home:
+            slot = self._slot(signature, device)
+            with self._lock:
+                if slot.program is None and slot.loading is None:
+                    slot.loading = threading.Thread(
+                        target=self._load,
+                        args=(slot, first.program, device, dynamic, static),
+                        daemon=True,
+                    )
+                    slot.loading.start()
+            if slot.program is not None:
+                program = slot.program
+            else:
+                device = home
+        return program(jax.device_put(dynamic, device))
 
-    def _program(self, signature, device, dynamic, static) -> jax.stages.Compiled:
+    def wait(self) -> None:
+        """Wait until every copy being loaded onto a device is ready."""
+        with self._lock:
+            threads = [s.loading for s in self._slots.values() if s.loading is not None]
+        for thread in threads:
+            thread.join()
+
+    def _slot(self, signature, device) -> _Slot:
         with self._lock:
             slot = self._slots.get((signature, device))
             if slot is None:
                 slot = self._slots[(signature, device)] = _Slot()
                 while len(self._slots) > self._max:
                     self._slots.popitem(last=False)
-        with slot.lock:
-            if slot.program is None:
-                slot.program = self._build(signature, device, dynamic, static)
-            return slot.program
+            return slot
 
-    def _build(self, signature, device, dynamic, static) -> jax.stages.Compiled:
-        # Compiled first for the backend's first local device, whichever device asks first,
-        # so that the program a persistent cache holds does not depend on thread timing.
-        home = jax.local_devices(backend=device.platform)[0]
-        if device == home:
-            return self._jit.lower(dynamic, static).compile()
-        first = self._program(signature, home, jax.device_put(dynamic, home), static)
+    def _load(self, slot: _Slot, first: jax.stages.Compiled, device, dynamic, static) -> None:
+        program = None
         if not _persistent_cache_in_use():
             try:
                 program = relocate(first, device)
                 self.relocated += 1
-                return program
             except Exception as error:  # noqa: BLE001 - any failure: compile instead
                 log.debug("loading a compiled program onto %s failed (%s)", device, error)
-        return self._jit.lower(dynamic, static).compile()
+        if program is None:
+            program = self._jit.lower(jax.device_put(dynamic, device), static).compile()
+        slot.program = program

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from descent_opt.rundir import save_figure_atomic
 from descent_opt.simulate import Trace
 
 COLORS = {"baseline": "tab:red", "optimized": "tab:blue", "candidate": "tab:green"}
@@ -43,7 +44,7 @@ def plot_touchdown_speeds(
     ax.set_title("Held-out population with altimeter faults")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -80,7 +81,7 @@ def plot_success_vs_acquisition(records: dict[str, dict[str, np.ndarray]], path:
     ax.legend()
     ax.set_title("Success versus LRF acquisition altitude")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -120,7 +121,7 @@ def plot_speed_exceedance(
         ax.legend()
     fig.suptitle(f"Touchdown speeds over {int(next(iter(histograms.values())).sum()):,} scenarios")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -150,7 +151,7 @@ def plot_success_vs_faults(by_parameter: dict[str, dict], path: Path) -> None:
         ax.axis("off")
     axes[0, 0].set_ylabel("success rate (95 % band)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -197,7 +198,7 @@ def plot_member(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> Non
     ax.grid(alpha=0.3)
     axes[0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -232,7 +233,7 @@ def plot_replay(traces: dict[str, Trace], title: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 

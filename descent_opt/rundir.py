@@ -26,6 +26,15 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def save_figure_atomic(fig, path: Path) -> Path:
+    """``fig.savefig`` via a temporary file (same format, from ``path``'s suffix) and rename."""
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    return path
+
+
 def write_metrics(directory: Path, metrics: dict) -> Path:
     """``metrics.json``: the last file a job writes."""
     path = Path(directory) / "metrics.json"

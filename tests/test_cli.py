@@ -15,10 +15,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A run small enough for a test: a few optimisation steps on a short, low descent.
+# A run small enough for a test: a few optimisation steps on a short, low descent (enough
+# steps for test_checkpoint to stop it mid-tuning; the tests' runs share its programs).
 TINY = [
     "+experiment=robust_gains",
-    "optimizer.steps=3",
+    "optimizer.steps=40",
     "optimizer.batch_size=16",
     "evaluation.n_scenarios=64",
     "sim.duration_s=60",

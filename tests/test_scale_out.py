@@ -27,6 +27,7 @@ def _cli(args, cwd, env=None):
 
 def _metrics_with_devices(tmp_path, devices: int, cache: bool = True) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the session's shared cache
     out = tmp_path / f"devices{devices}"
     shutil.rmtree(out, ignore_errors=True)
     cache = [f"compile_cache_dir={tmp_path / 'cache'}"] if cache else []
@@ -113,7 +114,7 @@ assert len(jax.devices()) == (4 if sys.argv[1] == "devices" else 2)
 config = descent_opt.load_config(["optimizer.steps=3", "optimizer.batch_size=10",
     "optimizer.warmup_steps=0",
     "sim.duration_s=60", "scenario.r0_m=[-50.0,0.0,1500.0]", "scenario.v0_mps=[0.0,0.0,-35.0]",
-    "faults.acquisition_range_m=[700.0,1500.0]"])
+    "faults.acquisition_range_m=[700.0,1500.0]", "terrain=flat"])
 out = {"initial": [np.asarray(x).tolist()
                    for x in jax.tree.leaves(default_gains(config.altitude_breakpoints_m))]}
 runs = (("one", jax.devices()[:1]), ("four", None)) if sys.argv[1] == "devices" else (

@@ -18,7 +18,7 @@ import numpy as np
 
 from descent_opt.config import RunConfig
 from descent_opt.optimize.thrust_schedule import Schedule, ScheduleProblem, solve_schedules
-from descent_opt.rundir import save_npz_atomic, write_metrics, write_text_atomic
+from descent_opt.rundir import save_figure_atomic, save_npz_atomic, write_metrics, write_text_atomic
 
 CSV_COLUMNS = (
     "t_s", "thrust_x_n", "thrust_y_n", "thrust_z_n", "mass_kg",
@@ -155,7 +155,7 @@ def plot_schedule(s: Schedule, config: RunConfig, path: Path) -> None:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure_atomic(fig, path)
     plt.close(fig)
 
 
