@@ -331,7 +331,8 @@ def records_of(
     return records
 
 
-def _draw_members(sampler: ScenarioSampler, key: PRNGKeyArray, indices) -> Scenario:
+@eqx.filter_jit
+def _draw(sampler: ScenarioSampler, key: PRNGKeyArray, indices) -> Scenario:
     return sampler.members(key, indices)
 
 
@@ -342,9 +343,9 @@ def _simulate_members(spec: SimSpec, gains: Gains, scenarios: Scenario, criteria
     return outcome, landing_metrics(outcome, criteria)
 
 
-# Every piece of every population is drawn and flown by these two programs, compiled once
-# and loaded onto each local device (:mod:`descent_opt.device_program`).
-_draw = DeviceProgram(_draw_members)
+# Every piece of every population is flown by this program, compiled once and loaded onto
+# each local device (:mod:`descent_opt.device_program`); scenarios are drawn on the first
+# device (a small fraction of the work: not worth a copy of the program per device).
 _fly = DeviceProgram(_simulate_members)
 
 
@@ -382,12 +383,9 @@ def _fly_pieces(
     def fly(job):
         position, indices = job
         device = devices[position % len(devices)]
-        # Drawn on the first device (a small fraction of the work: not worth a copy of the
-        # program per device). Waiting for each program keeps the threads' flights from
-        # queueing behind each other's on one device (measured: a quarter slower without).
-        scenarios = jax.block_until_ready(
-            _draw(devices[0], sampler, key, np.asarray(indices, np.uint32))
-        )
+        # Waiting for each program keeps the threads' flights from queueing behind each
+        # other's on one device (measured: a quarter slower without).
+        scenarios = jax.block_until_ready(_draw(sampler, key, np.asarray(indices, np.uint32)))
         outcome, metrics = jax.block_until_ready(_fly(device, spec, gains, scenarios, criteria))
         return records_of(indices, scenarios, outcome, criteria, metrics)
 
@@ -486,6 +484,6 @@ def fly_members(
     pieces = [padded[p : p + piece] for p in range(0, len(padded), piece)]
     records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
     records = {k: v[: len(indices)] for k, v in records.items()}
-    scenarios = _draw(jax.local_devices()[0], sampler, key, indices.astype(np.uint32))
+    scenarios = _draw(sampler, key, indices.astype(np.uint32))
     _, traces = simulate_traces(spec, gains, scenarios)
     return records, jax.tree.map(np.asarray, traces)

@@ -39,6 +39,15 @@ def _base() -> dict:
     return json.loads(json.dumps(BASE))
 
 
+def _with(values: dict) -> dict:
+    """The default configuration with ``values`` (by dotted key) set."""
+    cfg = _base()
+    for name, value in values.items():
+        group, key = name.split(".")
+        cfg[group][key] = value
+    return cfg
+
+
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # (group, key, strategy of valid values)
 VALID = [
@@ -71,9 +80,7 @@ def test_valid_values_are_accepted(group, key, values):
     @EXAMPLES
     @given(values)
     def check(value):
-        cfg = _base()
-        cfg[group][key] = value
-        config = from_mapping(cfg)
+        config = from_mapping(_with({f"{group}.{key}": value}))
         config.sampler()  # the model objects build without error
 
     check()
@@ -90,12 +97,7 @@ def test_valid_configs_build_what_jobs_build_before_compiling(values, resume):
     from descent_opt.jobs import starting_gains
     from descent_opt.optimize.gains import initial_state
 
-    cfg = _base()
-    for name, value in values.items():
-        group, key = name.split(".")
-        cfg[group][key] = value
-    cfg["resume"] = resume
-    config = from_mapping(cfg)
+    config = from_mapping(dict(_with(values), resume=resume))
     members = config.sampler().members(config.population_key(), jnp.arange(3, dtype=jnp.uint32))
     for leaf in jax.tree.leaves(members):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -110,10 +112,8 @@ def test_invalid_values_name_their_key(group, key, values):
     @EXAMPLES
     @given(values)
     def check(value):
-        cfg = _base()
-        cfg[group][key] = value
         with pytest.raises(ConfigError) as err:
-            from_mapping(cfg)
+            from_mapping(_with({f"{group}.{key}": value}))
         assert err.value.key == f"{group}.{key}"
         assert len(str(err.value).splitlines()) == 1
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -184,7 +183,7 @@ FAULT_RATES = [  # rate key, range key, range, value read back, fault present
 def _population(overrides):
     config = descent_opt.load_config(overrides)
     indices = jnp.arange(N_DISPERSION, dtype=jnp.uint32)
-    return _draw(jax.devices()[0], config.sampler(), config.population_key(), indices)
+    return _draw(config.sampler(), config.population_key(), indices)
 
 
 def _std(x):
@@ -234,9 +233,7 @@ def test_faults_act_on_the_flight():
     def first_accept(overrides, n=256):
         config = descent_opt.load_config(["terrain=flat", *overrides])
         indices = np.arange(n)
-        scenarios = _draw(
-            jax.devices()[0], config.sampler(), config.population_key(), jnp.asarray(indices)
-        )
+        scenarios = _draw(config.sampler(), config.population_key(), jnp.asarray(indices))
         outcome = simulate(config.sim, gains, scenarios)
         return records_of(indices, scenarios, outcome, config.success)["lrf_first_accept_height_m"]
 

@@ -21,17 +21,13 @@ from descent_opt.aggregate import aggregate, collect
 MC = ["+experiment=monte_carlo", "evaluation.n_scenarios=13000", "progress=false"]
 
 
-def _cli(args, cwd, env=None):
-    return run_cli(args, cwd, env)
-
-
 def _metrics_with_devices(tmp_path, devices: int, cache: bool = True) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the session's shared cache
     out = tmp_path / f"devices{devices}"
     shutil.rmtree(out, ignore_errors=True)
     cache = [f"compile_cache_dir={tmp_path / 'cache'}"] if cache else []
-    proc = _cli([*MC, *cache, f"hydra.run.dir={out}"], tmp_path, env)
+    proc = run_cli([*MC, *cache, f"hydra.run.dir={out}"], tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads((out / "metrics.json").read_text())
 
@@ -60,7 +56,7 @@ def test_four_devices_fly_the_same_members_as_one(tmp_path):
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     out = root / "multirun"
-    proc = _cli(
+    proc = run_cli(
         ["-m", "hydra/launcher=submitit_local", *MC, "evaluation.n_scenarios=1500", "seed=0,1",
          f"hydra.sweep.dir={out}"],
         root,
