@@ -27,6 +27,7 @@ TINY = [
     "scenario.v0_mps=[0.0,0.0,-35.0]",
     "faults.acquisition_range_m=[700.0,1500.0]",
     "replay.altitude_error_m=200.0",
+    "terrain=flat",  # compiles faster than the crater field
     "progress=false",
 ]
 
