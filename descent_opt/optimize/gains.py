@@ -164,12 +164,12 @@ def tune_gains(
 ) -> tuple[Gains, dict[str, np.ndarray]]:
     """Minimise the population risk over the gains; returns the tuned (averaged) gains and
     the per-step history of the objective and its parts. Each minibatch is shared over
-    ``devices`` (default: every device; under ``jax.distributed`` those of every process,
-    which then all run this call with the same arguments and end with the same gains).
+    ``devices`` (default: every local device; under ``jax.distributed`` each process
+    tunes on its own devices, with the same arguments and the same result).
     ``start`` continues a run from a saved :class:`TrainState` (same arguments; the result
     is bit-identical to an uninterrupted run's); ``on_step`` is given the state after every
     step (to checkpoint it)."""
-    devices = tuple(jax.devices() if devices is None else devices)
+    devices = tuple(jax.local_devices() if devices is None else devices)
     spec = eqx.tree_at(lambda s: (s.gate_softness, s.unrolled), spec, (train.gate_softness, False))
     breakpoints = initial.altitude_breakpoints_m
     state = start if start is not None else initial_state(initial, train, key=key)
