@@ -82,12 +82,30 @@ def _optimizer(train: TrainSpec) -> optax.GradientTransformation:
 
 
 def population_risk(
-    params, breakpoints_m, spec: SimSpec, scenarios: Scenario, criteria, objective, count=None
+    params,
+    breakpoints_m,
+    spec: SimSpec,
+    scenarios: Scenario,
+    criteria,
+    objective,
+    count=None,
+    mesh: Mesh | None = None,
 ):
     """Risk of the gains given by unconstrained ``params`` over a population (its first
-    ``count`` members; default all)."""
+    ``count`` members; default all). With ``mesh`` (one axis, ``"scenario"``) each device
+    flies its share of the members and the risk is taken over all of them."""
     propellant = spec.vehicle.mass_initial_kg - spec.vehicle.mass_dry_kg
-    outcome = simulate(spec, from_params(params, breakpoints_m), scenarios)
+    gains = from_params(params, breakpoints_m)
+    if mesh is None:
+        outcome = simulate(spec, gains, scenarios)
+    else:
+        dynamic, static = eqx.partition(spec, eqx.is_array)
+        outcome = jax.shard_map(
+            lambda d, g, s: simulate(eqx.combine(d, static), g, s),
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("scenario")),
+            out_specs=PartitionSpec("scenario"),
+        )(dynamic, gains, scenarios)
     return risk(outcome, criteria, objective, propellant, count)
 
 
@@ -98,19 +116,20 @@ def _train_step(
     # Module-level and keyed only on static settings: tuning runs that differ in their
     # fault catalog (array leaves of the sampler) share one compilation.
     batch = train.batch_size
+    mesh = None
     if len(devices) == 1:
         scenarios = sampler(key, batch)
     else:
         # Data-parallel: the minibatch, padded to a multiple of the device count, is
-        # sharded over the devices; the padding is masked out of the risk, and XLA sums
-        # the gradient over the devices.
+        # sharded over the devices, each flies its share; the padding is masked out of the
+        # risk, and the gradient is summed over the devices.
         padded = -(-batch // len(devices)) * len(devices)
         mesh = Mesh(np.asarray(devices), ("scenario",))
         scenarios = jax.lax.with_sharding_constraint(
             sampler(key, padded), NamedSharding(mesh, PartitionSpec("scenario"))
         )
     (value, parts), grads = eqx.filter_value_and_grad(population_risk, has_aux=True)(
-        params, breakpoints_m, spec, scenarios, criteria, objective, batch
+        params, breakpoints_m, spec, scenarios, criteria, objective, batch, mesh
     )
     nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads))
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
@@ -176,6 +195,12 @@ def tune_gains(
     params, opt_state, mean = state.params, state.opt_state, state.mean
     history = {k: list(v) for k, v in state.history.items()}
     step_keys = jax.random.split(state.key, train.steps)
+    if len(devices) > 1:
+        # Replicated from the start, as the steps return them: the step is compiled once.
+        replicated = NamedSharding(Mesh(np.asarray(devices), ("scenario",)), PartitionSpec())
+        params, opt_state, mean, step_keys = jax.device_put(
+            (params, opt_state, mean, step_keys), replicated
+        )
     for i in range(state.step, train.steps):
         params, opt_state, mean, parts = _train_step(
             train,
