@@ -15,26 +15,24 @@ import time
 import jax
 import numpy as np
 import pytest
-from test_cli import TINY, run_cli
+from cli_runs import TINY, run_cli
 
 from descent_opt.checkpoint import CheckpointMismatch
 from descent_opt.export import load_gains
 
 STEPS = 40
-RUN = [*TINY, "checkpoint.every_steps=4"]
-assert f"optimizer.steps={STEPS}" in TINY
+assert f"optimizer.steps={STEPS}" in TINY and "checkpoint.every_steps=4" in TINY
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, tiny_main_job):
     root = tmp_path_factory.mktemp("checkpoint")
-    whole = root / "whole"
-    done = run_cli([*RUN, f"hydra.run.dir={whole}"], root)
+    whole, done = tiny_main_job[:2]  # the same settings, never interrupted
     assert done.returncode == 0, done.stderr[-2000:]
 
     stopped = root / "stopped"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "descent_opt", *RUN, f"hydra.run.dir={stopped}"],
+        [sys.executable, "-m", "descent_opt", *TINY, f"hydra.run.dir={stopped}"],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -51,7 +49,7 @@ def runs(tmp_path_factory):
         interrupted["saved"] = {k: data[k] for k in data.files}
     interrupted["files"] = sorted(p.name for p in stopped.iterdir())
 
-    resumed = run_cli([*RUN, f"hydra.run.dir={stopped}", "resume=true"], root)
+    resumed = run_cli([*TINY, f"hydra.run.dir={stopped}", "resume=true"], root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     interrupted["resumed_log"] = resumed.stdout + resumed.stderr
     return whole, stopped, interrupted
@@ -93,7 +91,7 @@ def test_resumed_run_ends_with_the_uninterrupted_gains(runs):
 def test_checkpoint_from_other_settings_is_refused(runs, tmp_path):
     _, stopped, _ = runs
     done = run_cli(
-        [*RUN, "optimizer.learning_rate=0.03", f"hydra.run.dir={stopped}", "resume=true"], tmp_path
+        [*TINY, "optimizer.learning_rate=0.03", f"hydra.run.dir={stopped}", "resume=true"], tmp_path
     )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -4,44 +4,12 @@ to end from an installed wheel in another directory, writing the contract's outp
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# A run small enough for a test: a few optimisation steps on a short, low descent (enough
-# steps for test_checkpoint to stop it mid-tuning; the tests' runs share its programs).
-TINY = [
-    "+experiment=robust_gains",
-    "optimizer.steps=40",
-    "optimizer.batch_size=16",
-    "evaluation.n_scenarios=64",
-    "sim.duration_s=60",
-    "scenario.r0_m=[-50.0,0.0,1500.0]",
-    "scenario.v0_mps=[0.0,0.0,-35.0]",
-    "faults.acquisition_range_m=[700.0,1500.0]",
-    "replay.altitude_error_m=200.0",
-    "terrain=flat",  # compiles faster than the crater field
-    "progress=false",
-]
-
-
-def run_cli(args, cwd, env=None, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", "descent_opt", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
+from cli_runs import RESULT_FILES, TINY, run_cli
 
 BAD_INPUTS = [
     ("vehicle.mass_dry_kg=600", "vehicle.mass_dry_kg"),
@@ -79,10 +47,6 @@ BAD_MONTE_CARLO = [
     ("distributed.process_id=-1", "distributed.process_id"),
     ("compile_cache_dir=''", "compile_cache_dir"),
 ]
-RESULT_FILES = (
-    "metrics.json", "gains.json", "gains.csv", "gains.h", "scenarios.npz", "traces.npz",
-    "touchdown_speed.png", "success_vs_faults.png",
-)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -108,31 +72,11 @@ def test_missing_experiment_is_reported(tmp_path):
     assert proc.stderr.strip().startswith("error: experiment:")
 
 
-@pytest.fixture(scope="module")
-def wheel_site(tmp_path_factory) -> Path:
-    """The package built as a wheel and unpacked into a site directory of its own."""
-    build = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(build)],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = build.glob("descent_opt-*.whl")
-    site = build / "site"
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(site)
-    return site
-
-
-def test_wheel_runs_main_job_from_another_directory(wheel_site, tmp_path):
+def test_wheel_runs_main_job_from_another_directory(tiny_main_job):
     """conf/ ships inside the wheel and is found from any working directory; the job writes
     every output the public contract lists."""
+    out, proc, wheel_site, elsewhere, env = tiny_main_job
     assert (wheel_site / "descent_opt" / "conf" / "config.yaml").is_file()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(wheel_site))
-    out = tmp_path / "out"
-    proc = run_cli([*TINY, f"hydra.run.dir={out}"], cwd=elsewhere, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = subprocess.run(
         [sys.executable, "-c", "import descent_opt, sys; print(descent_opt.__file__)"],

@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 import pytest
+from cli_runs import RESULT_FILES, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import RESULT_FILES, run_cli
 
 import descent_opt
 from descent_opt.config import ConfigError, from_mapping

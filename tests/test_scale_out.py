@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_cli import run_cli
+from cli_runs import run_cli
 
 from descent_opt.aggregate import aggregate, collect
 

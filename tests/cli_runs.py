@@ -1,0 +1,43 @@
+"""Command-line runs for the tests: the small main job they share, and how they start
+the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# A run small enough for a test: a few optimisation steps on a short, low descent (enough
+# steps for test_checkpoint to stop it mid-tuning, with a checkpoint every 4; the tests'
+# runs share its programs).
+TINY = [
+    "+experiment=robust_gains",
+    "optimizer.steps=40",
+    "optimizer.batch_size=16",
+    "evaluation.n_scenarios=64",
+    "sim.duration_s=60",
+    "scenario.r0_m=[-50.0,0.0,1500.0]",
+    "scenario.v0_mps=[0.0,0.0,-35.0]",
+    "faults.acquisition_range_m=[700.0,1500.0]",
+    "replay.altitude_error_m=200.0",
+    "terrain=flat",  # compiles faster than the crater field
+    "progress=false",
+    "checkpoint.every_steps=4",
+]
+
+
+def run_cli(args, cwd, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "descent_opt", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# What a job may write: none of it may exist after a run refused for bad input.
+RESULT_FILES = (
+    "metrics.json", "gains.json", "gains.csv", "gains.h", "scenarios.npz", "traces.npz",
+    "touchdown_speed.png", "success_vs_faults.png",
+)  # fmt: skip
