@@ -105,6 +105,7 @@ from descent_opt.guidance import default_gains
 from descent_opt.optimize.gains import tune_gains
 
 assert len(jax.devices()) == 4
+jax.config.update("jax_log_compiles", True)  # counted below: one training step per layout
 config = descent_opt.load_config(["optimizer.steps=3", "optimizer.batch_size=10",
     "optimizer.warmup_steps=0",
     "sim.duration_s=60", "scenario.r0_m=[-50.0,0.0,1500.0]", "scenario.v0_mps=[0.0,0.0,-35.0]",
@@ -123,7 +124,9 @@ print(json.dumps(out))
 
 def test_tuning_is_data_parallel_over_devices():
     """With 4 devices, each flies a share of every minibatch (3 of 10 members padded) and
-    the tuned gains equal those tuned on one device within float tolerance."""
+    the tuned gains equal those tuned on one device within float tolerance; the training
+    step is compiled once for each (the 4-device state starts replicated, as steps return
+    it)."""
     proc = subprocess.run(
         [sys.executable, "-c", TUNE],
         capture_output=True,
@@ -132,6 +135,8 @@ def test_tuning_is_data_parallel_over_devices():
         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    compiled = [ln for ln in proc.stderr.splitlines() if "Finished XLA compilation" in ln]
+    assert sum("_train_step" in ln for ln in compiled) == 2, compiled
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     for a, b in zip(out["one"], out["four"]):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)

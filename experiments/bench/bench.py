@@ -329,9 +329,11 @@ def monte_carlo(n: int) -> dict:
 
 def devices(n: int, repeats: int) -> dict:
     """``+experiment=monte_carlo`` over ``n`` scenarios with 1 and with 2 forced host
-    devices, alternating, ``repeats`` times each: cold (nothing cached, each run compiles)
-    and warm (a persistent compilation cache primed by one run of each). Scenarios per
-    second including compilation, median of the repeats."""
+    devices, each in a fresh process, ``repeats`` pairs (1 then 2, then 2 then 1, and so
+    on, so that drift in the machine's speed falls on both): cold (nothing cached, each run
+    compiles) and warm (a persistent compilation cache primed by one run of each).
+    Scenarios per second including compilation and the process's CPU seconds; medians, and
+    the median and range of the pairs' ratios (the pairs share the machine's state)."""
     runs: dict = {}
     with tempfile.TemporaryDirectory() as cache:
         for mode in ("cold", "warm"):
@@ -340,19 +342,38 @@ def devices(n: int, repeats: int) -> dict:
                 for count in (1, 2):
                     _run_job(["+experiment=monte_carlo", "evaluation.n_scenarios=4096", *extra],
                              _forced_devices(count))  # fmt: skip
-            for _ in range(repeats):
-                for count in (1, 2):
+            for r in range(repeats):
+                for count in (1, 2) if r % 2 == 0 else (2, 1):
+                    cpu = _children_cpu_s()
                     metrics, _, _ = _run_job(
                         ["+experiment=monte_carlo", f"evaluation.n_scenarios={n}", *extra],
                         _forced_devices(count),
                     )
-                    runs.setdefault(f"{mode}_{count}", []).append(metrics["scenarios_per_s"])
+                    run = runs.setdefault(f"{mode}_{count}", {"per_s": [], "cpu_s": []})
+                    run["per_s"].append(metrics["scenarios_per_s"])
+                    run["cpu_s"].append(_children_cpu_s() - cpu)
     result = {"n_scenarios": n, "repeats": repeats, "runs": runs}
     for mode in ("cold", "warm"):
-        one, two = (float(np.median(runs[f"{mode}_{c}"])) for c in (1, 2))
-        result[mode] = {"one_device": one, "two_devices": two, "ratio": two / one}
+        one, two = runs[f"{mode}_1"], runs[f"{mode}_2"]
+        ratios = np.asarray(two["per_s"]) / np.asarray(one["per_s"])
+        result[mode] = {
+            "one_device": float(np.median(one["per_s"])),
+            "two_devices": float(np.median(two["per_s"])),
+            "ratio": float(np.median(ratios)),
+            "ratio_range": [float(ratios.min()), float(ratios.max())],
+            "cpu_s_one": float(np.median(one["cpu_s"])),
+            "cpu_s_two": float(np.median(two["cpu_s"])),
+        }
     print(f"devices: {result}")
     return {"devices": result}
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user and system) of the finished child processes so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _forced_devices(count: int) -> dict:
@@ -521,16 +542,19 @@ def _markdown(result: dict) -> str:
             "## Monte Carlo over forced host devices (scenarios/s, including compilation)",
             "",
             f"`+experiment=monte_carlo evaluation.n_scenarios={r['n_scenarios']}`, "
-            f"`XLA_FLAGS=--xla_force_host_platform_device_count=1|2`, alternating, median "
-            f"of {r['repeats']}:",
+            f"`XLA_FLAGS=--xla_force_host_platform_device_count=1|2`, {r['repeats']} pairs "
+            f"of fresh processes, alternating; medians, and the range of the pairs' ratios:",
             "",
-            "| compilation cache | 1 device | 2 devices | 2 / 1 |",
-            "|---|---:|---:|---:|",
+            "| compilation cache | 1 device | 2 devices | 2 / 1 (pairs) | CPU s, 1 / 2 |",
+            "|---|---:|---:|---:|---:|",
         ]
         for mode in ("cold", "warm"):
             m = r[mode]
+            low, high = m["ratio_range"]
             lines.append(
-                f"| {mode} | {m['one_device']:,.0f} | {m['two_devices']:,.0f} | {m['ratio']:.3f} |"
+                f"| {mode} | {m['one_device']:,.0f} | {m['two_devices']:,.0f} | "
+                f"{m['ratio']:.3f} ({low:.3f} to {high:.3f}) | "
+                f"{m['cpu_s_one']:.1f} / {m['cpu_s_two']:.1f} |"
             )
         lines.append("")
     if "roofline" in result:
@@ -587,7 +611,7 @@ def main() -> None:
     if "monte_carlo" not in args.skip:
         result.update(monte_carlo(100_000 if quick else 1_000_000))
     if "devices" not in args.skip:
-        result.update(devices(100_000 if quick else 300_000, repeats=2 if quick else 3))
+        result.update(devices(100_000 if quick else 300_000, repeats=2 if quick else 6))
     if "roofline" not in args.skip:
         result.update(roofline())
     result["bench_s"] = time.perf_counter() - started
