@@ -16,6 +16,7 @@ backend that refuses it) the program is compiled for that device, as jit would.
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import logging
 import pickle
@@ -63,8 +64,11 @@ def relocate(compiled: jax.stages.Compiled, device) -> jax.stages.Compiled:
     )
     reader = _Relocating(io.BytesIO(payload), device, xla_client.DeviceList((device,)), options)
     unloaded, args_info, no_kwargs = reader.load()
+    # As JAX's own deserialize_and_load builds it; newer JAX versions take the program's
+    # constants (none in a serialized program) before the argument description.
+    constants = ([],) if "const_args" in inspect.signature(jax.stages.Compiled).parameters else ()
     return jax.stages.Compiled(
-        unloaded.load(), [], in_tree.unflatten(args_info), out_tree, no_kwargs=no_kwargs
+        unloaded.load(), *constants, in_tree.unflatten(args_info), out_tree, no_kwargs=no_kwargs
     )
 
 
