@@ -124,7 +124,18 @@ def test_python_api_matches_contract_without_hydra_app(tmp_path):
     import descent_opt
 
     config = descent_opt.load_config([o for o in TINY if not o.startswith("+experiment")])
-    result = descent_opt.run_robust_gains(config)
+    done, totals = {}, {}
+
+    def progress(phase, advance, total, unit, info):
+        done[phase] = done.get(phase, 0) + advance
+        totals[phase] = (total, unit)
+
+    result = descent_opt.run_robust_gains(config, progress=progress)
+    # One bar per phase, each run exactly to its total: both tunings, and each gain table
+    # over the held-out population with its faults and with nominal sensors.
+    assert {p: done[p] for p in done} == {p: t for p, (t, _) in totals.items()}
+    evaluations = [p for p, (_, unit) in totals.items() if unit == "scenario"]
+    assert len(evaluations) == 4 and all(totals[p][0] == 64 for p in evaluations)
     written = descent_opt.write_outputs(result, config, tmp_path, wall_time_s=1.0)
     assert {p.name for p in written} >= {"metrics.json", "gains.json", "gains.csv", "gains.h"}
     loaded = descent_opt.load_gains(tmp_path / "gains.json")

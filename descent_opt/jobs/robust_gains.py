@@ -62,14 +62,16 @@ def evaluate(
     *,
     nominal_sensors: bool = False,
     progress: Progress | None = None,
+    name: str = "",
 ) -> PopulationResult:
     """Fly ``gains`` over the held-out population (``evaluation.n_scenarios`` members of
     :meth:`RunConfig.population_key`), with the configured faults or nominal sensors,
     through the same chunked runner as ``monte_carlo``; per-scenario records are kept for
-    the plots."""
+    the plots. ``name`` names the gain table on the progress bar."""
     faults = FaultCatalog.nominal(config.sim.lrf.max_range_m) if nominal_sensors else None
     ev = config.evaluation
-    phase = "evaluating" + (" (nominal sensors)" if nominal_sensors else "")
+    phase = "evaluating" + (f" {name} gains" if name else "")
+    phase += " (nominal sensors)" if nominal_sensors else ""
     return fly_population(
         config.sim,
         gains,
@@ -179,9 +181,9 @@ def run(
     optimized, history_opt = tune("optimized", config.faults, k_robust)
 
     gains = {"baseline": baseline, "optimized": optimized}
-    held = {name: evaluate(config, g, progress=progress) for name, g in gains.items()}
+    held = {name: evaluate(config, g, progress=progress, name=name) for name, g in gains.items()}
     held_clean = {
-        name: evaluate(config, g, nominal_sensors=True, progress=progress)
+        name: evaluate(config, g, nominal_sensors=True, progress=progress, name=name)
         for name, g in gains.items()
     }
 
