@@ -91,8 +91,8 @@ def _make_progress(enabled: bool):
             for other in bars.values():
                 other.close()
             bar = bars[phase] = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr)
-        bar.update(advance)
         bar.set_postfix({k: f"{v:.3f}" for k, v in info.items()}, refresh=False)
+        bar.update(advance)  # draws the count and figures together
 
     def close():
         for bar in bars.values():
