@@ -99,12 +99,11 @@ def test_unfinished_jobs_are_listed_not_fatal(sweep, tmp_path):
 
 
 TUNE = """
-import json, jax, numpy as np
+import json, logging, jax, numpy as np
 import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.optimize.gains import tune_gains
 
-import logging
 assert len(jax.devices()) == 4
 
 class Compilations(logging.Handler):  # of the training step, one per layout expected

@@ -109,6 +109,11 @@ def population_risk(
     return risk(outcome, criteria, objective, propellant, count)
 
 
+def _scenario_mesh(devices) -> Mesh:
+    """The tuning devices on one axis, ``scenario``, over which minibatches are shared."""
+    return Mesh(np.asarray(devices), ("scenario",))
+
+
 @eqx.filter_jit
 def _train_step(
     train, spec, criteria, objective, sampler, breakpoints_m, params, opt_state, mean, key, devices
@@ -124,7 +129,7 @@ def _train_step(
         # sharded over the devices, each flies its share; the padding is masked out of the
         # risk, and the gradient is summed over the devices.
         padded = -(-batch // len(devices)) * len(devices)
-        mesh = Mesh(np.asarray(devices), ("scenario",))
+        mesh = _scenario_mesh(devices)
         scenarios = jax.lax.with_sharding_constraint(
             sampler(key, padded), NamedSharding(mesh, PartitionSpec("scenario"))
         )
@@ -197,7 +202,7 @@ def tune_gains(
     step_keys = jax.random.split(state.key, train.steps)
     if len(devices) > 1:
         # Replicated from the start, as the steps return them: the step is compiled once.
-        replicated = NamedSharding(Mesh(np.asarray(devices), ("scenario",)), PartitionSpec())
+        replicated = NamedSharding(_scenario_mesh(devices), PartitionSpec())
         params, opt_state, mean, step_keys = jax.device_put(
             (params, opt_state, mean, step_keys), replicated
         )
