@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
@@ -165,8 +166,11 @@ class Tally:
             hist += np.bincount(
                 np.searchsorted(SPEED_EDGES_MPS, kept[name], "right"), minlength=hist.size
             )
-        failed = ~kept["success"]
-        if self.keep_failures and failed.any():
+        failed = np.flatnonzero(~kept["success"])
+        if self.keep_failures and failed.size:
+            if failed.size > self.keep_failures:  # only the worst can be kept
+                worst = np.lexsort((kept["index"][failed], -kept["touchdown_speed_mps"][failed]))
+                failed = failed[worst[: self.keep_failures]]
             self.add_failures({k: v[failed] for k, v in kept.items()})
 
     def _note_nonfinite(self, indices) -> None:
@@ -358,8 +362,10 @@ def flight_size() -> int:
 
 
 def default_chunk_size() -> int:
-    """Scenarios drawn and folded into the statistics at a time: 16 flight pieces."""
-    return 16 * flight_size()
+    """Scenarios drawn and folded into the statistics at a time: 16 flight pieces on the
+    CPU; one on accelerators, where folding a chunk into the statistics (on the host) takes
+    about as long as flying it, so the two overlap chunk by chunk."""
+    return (16 if jax.default_backend() == "cpu" else 1) * flight_size()
 
 
 def _fly_pieces(
@@ -432,29 +438,48 @@ def fly_population(
     if processes > 1:  # each process flies its own index range; results gathered below
         offset, n = index_range(n, jax.process_index(), processes)
         start += offset
-    done = reported = 0  # this process's members, and the share of ``total`` reported
     piece = flight_size()
     size = max(1, -(-min(chunk_size or default_chunk_size(), n) // piece)) * piece
     bins = parameter_bins(sampler)
     tally = Tally(keep_failures=keep_failures)
     kept = []
     end = start + n
-    if progress is not None:
-        progress(0, tally)  # starts the clock of a progress bar before the first compile
-    for first in range(start, end, size):
-        pieces = [np.arange(p, p + piece) for p in range(first, min(first + size, end), piece)]
-        records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
+    reported = 0  # the share of ``total`` reported so far
+
+    def fold(records: dict[str, np.ndarray]) -> int:
         valid = records["index"] < end
         if not valid.all():
             records = {k: v[valid] for k, v in records.items()}
         tally.add(records, bins)
         if keep_records:
             kept.append(records)
-        if progress is not None:  # a process's bar runs to the population's size
-            done += int(valid.sum())
+        return int(valid.sum())
+
+    def report(done: int) -> None:  # a process's bar runs to the population's size
+        nonlocal reported
+        if progress is not None:
             share = done * total // n
             progress(share - reported, tally)
             reported = share
+
+    if progress is not None:
+        progress(0, tally)  # starts the clock of a progress bar before the first compile
+    # Each chunk is folded into the statistics on one background thread, in order and chunk
+    # by chunk as before, while the next chunk flies: on a GPU the folding takes longer
+    # than the flight.
+    done = 0
+    with ThreadPoolExecutor(1) as folding:
+        folded = None
+        for first in range(start, end, size):
+            pieces = [np.arange(p, p + piece) for p in range(first, min(first + size, end), piece)]
+            records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
+            if folded is not None:
+                done += folded.result()
+                report(done)
+            folded = folding.submit(fold, records)
+        if folded is not None:
+            done += folded.result()
+            report(done)
     if processes > 1:
         parts = allgather_objects((tally, kept))
         tally = parts[0][0]

@@ -14,7 +14,7 @@ import pytest
 import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.jobs import monte_carlo
-from descent_opt.population import _draw, fly_members, fly_population, records_of
+from descent_opt.population import _draw, flight_size, fly_members, fly_population, records_of
 from descent_opt.simulate import simulate
 
 SMALL = ["evaluation.keep_failures=50"]
@@ -31,7 +31,7 @@ OUTCOME_KEYS = (
 )
 
 
-def _fly(config, n, chunk_size, *, start=0):
+def _fly(config, n, chunk_size, *, start=0, progress=None):
     return fly_population(
         config.sim,
         default_gains(config.altitude_breakpoints_m),
@@ -43,6 +43,7 @@ def _fly(config, n, chunk_size, *, start=0):
         chunk_size=chunk_size,
         keep_failures=config.evaluation.keep_failures,
         keep_records=True,
+        progress=progress,
     )
 
 
@@ -142,6 +143,30 @@ def test_split_index_ranges_merge_to_the_whole(config, runs):
     assert [f["index"] for f in first.tally.failure_list()] == [
         f["index"] for f in whole.failure_list()
     ]
+
+
+def test_chunks_folded_while_the_next_flies_equal_one_chunk(config):
+    """Chunks are folded into the statistics on a background thread while the next one
+    flies: in order, each progress report counting exactly the members folded so far."""
+    piece = flight_size()
+    n = 3 * piece - 5  # the last piece reaches past the end
+    reports = []
+
+    def progress(step, tally):
+        reports.append((step, tally.counts["n"]))
+
+    chunked = _fly(config, n, piece, progress=progress)
+    whole = _fly(config, n, None)
+    assert [step for step, _ in reports] == [0, piece, piece, piece - 5]
+    assert [counted for _, counted in reports] == [0, piece, 2 * piece, n]
+    for k, v in whole.records.items():
+        np.testing.assert_array_equal(chunked.records[k], v, err_msg=k)
+    assert chunked.tally.failure_list() == whole.tally.failure_list()
+    a, b = chunked.tally.summary(), whole.tally.summary()
+    assert a["fuel_kg_mean"] == pytest.approx(b["fuel_kg_mean"], rel=1e-12)
+    assert {k: v for k, v in a.items() if k != "fuel_kg_mean"} == {
+        k: v for k, v in b.items() if k != "fuel_kg_mean"
+    }
 
 
 # Each configuration key of a dispersion or fault, how to read it back from the scenarios
