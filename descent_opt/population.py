@@ -444,19 +444,25 @@ def fly_population(
     tally = Tally(keep_failures=keep_failures)
     kept = []
     end = start + n
-    reported = 0  # the share of ``total`` reported so far
+    done = reported = 0  # this process's members folded, and the share of ``total`` reported
 
-    def fold(records: dict[str, np.ndarray]) -> int:
+    def fold(records: dict[str, np.ndarray]) -> None:
+        nonlocal done
         valid = records["index"] < end
         if not valid.all():
             records = {k: v[valid] for k, v in records.items()}
         tally.add(records, bins)
         if keep_records:
             kept.append(records)
-        return int(valid.sum())
+        done += int(valid.sum())
 
-    def report(done: int) -> None:  # a process's bar runs to the population's size
+    def settle(folding) -> None:
+        """Wait for a chunk's folding, then report it (a process's bar runs to the
+        population's size)."""
         nonlocal reported
+        if folding is None:
+            return
+        folding.result()
         if progress is not None:
             share = done * total // n
             progress(share - reported, tally)
@@ -467,19 +473,14 @@ def fly_population(
     # Each chunk is folded into the statistics on one background thread, in order and chunk
     # by chunk as before, while the next chunk flies: on a GPU the folding takes longer
     # than the flight.
-    done = 0
-    with ThreadPoolExecutor(1) as folding:
-        folded = None
+    with ThreadPoolExecutor(1) as folder:
+        folding = None
         for first in range(start, end, size):
             pieces = [np.arange(p, p + piece) for p in range(first, min(first + size, end), piece)]
             records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
-            if folded is not None:
-                done += folded.result()
-                report(done)
-            folded = folding.submit(fold, records)
-        if folded is not None:
-            done += folded.result()
-            report(done)
+            settle(folding)
+            folding = folder.submit(fold, records)
+        settle(folding)
     if processes > 1:
         parts = allgather_objects((tally, kept))
         tally = parts[0][0]

@@ -68,7 +68,8 @@ def steady_state(n: int, pieces: list[int], workers: list[int], repeats: int) ->
     )
     default_piece, default_workers = population.flight_size, population.default_workers
 
-    def fly(piece: int, threads: int) -> float:
+    def fly(piece: int, threads: int) -> tuple[float, float]:
+        """Seconds for the population, and its success rate."""
         population.flight_size = lambda: piece
         population.default_workers = lambda: threads
         try:
@@ -101,8 +102,7 @@ def steady_state(n: int, pieces: list[int], workers: list[int], repeats: int) ->
     indices = np.arange(piece, dtype=np.uint32)
     flight_spec = eqx.tree_at(lambda s: s.chunk_size, spec, piece, is_leaf=lambda x: x is None)
     device = jax.local_devices()[0]
-    stages = {}
-    for _ in range(3):
+    for _ in range(3):  # the last of three (the first may still be warming up)
         t0 = time.perf_counter()
         scenarios = jax.block_until_ready(population._draw(sampler, key, indices))
         t1 = time.perf_counter()
