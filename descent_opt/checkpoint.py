@@ -123,7 +123,10 @@ class Checkpoints:
         key = jax.random.wrap_key_data(arrays["key"], impl=jax.random.key_impl(template.key))
         if not np.array_equal(arrays["key"], jax.random.key_data(template.key)):
             raise CheckpointMismatch(f"resume: {self.path} holds another {phase} PRNG key")
-        return TrainState(int(arrays["step"]), **restored, key=key, history=history)
+        worst = arrays.get("replay_worst")
+        return TrainState(
+            int(arrays["step"]), **restored, key=key, history=history, replay_worst=worst
+        )
 
     def saver(self, phase: str, steps: int) -> Callable[[TrainState], None]:
         """``on_step`` for :func:`~descent_opt.optimize.gains.tune_gains`: saves every
@@ -152,6 +155,8 @@ class Checkpoints:
                 arrays[f"{part}/{i}"] = np.asarray(leaf)
         for name, values in state.history.items():
             arrays[f"history/{name}"] = np.asarray(values, np.float64)
+        if state.replay_worst is not None:
+            arrays["replay_worst"] = np.asarray(state.replay_worst, np.int64)
         self.phases[phase] = arrays
         if not self.write:
             return

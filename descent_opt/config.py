@@ -15,7 +15,7 @@ from typing import Any
 
 from descent_opt.distributed import ENABLED, DistributedSpec
 from descent_opt.dynamics import Vehicle
-from descent_opt.faults import FaultCatalog
+from descent_opt.faults import FAULT_CLASSES, FaultCatalog
 from descent_opt.guidance import GuidanceSpec
 from descent_opt.jobs import JOBS
 from descent_opt.navigation import REJECT_POLICIES
@@ -24,7 +24,7 @@ from descent_opt.optimize.gains import TrainSpec
 from descent_opt.optimize.thrust_schedule import ScheduleSpec
 from descent_opt.scenarios import TERRAIN_KINDS, ScenarioSampler, ScenarioSpec, TerrainSpec
 from descent_opt.sensors import ImuSpec, LrfSpec
-from descent_opt.simulate import SimSpec
+from descent_opt.simulate import SimSpec, decided_horizon_s
 
 EXPERIMENTS = JOBS
 PRECISIONS = ("float32", "float64")
@@ -43,7 +43,8 @@ class ConfigError(ValueError):
 class EvaluationSpec:
     """Held-out and Monte Carlo populations."""
 
-    n_scenarios: int = 2048
+    n_scenarios: int = 100_000
+    n_nominal_scenarios: int = 16_384  # robust_gains: held-out population with nominal sensors
     seed_offset: int = 1_000_003  # held-out population: seed + offset
     chunk_size: int | None = None  # scenarios drawn and flown at a time; None: automatic
     keep_failures: int = 20  # worst failures listed in metrics.json
@@ -87,6 +88,7 @@ class RunConfig:
     compile_cache_dir: str | None = None
     checkpoint_every_steps: int = 10
     resume: bool = False
+    unlandable: tuple[str, ...] = ("lrf_absent",)  # fault classes certified apart
     settings_json: str = "{}"  # every key as composed (dotted names), for checkpoints
 
     def settings(self) -> dict:
@@ -220,7 +222,10 @@ def _evaluation(cfg) -> EvaluationSpec:
     chunk = ev.raw("chunk_size", "auto")
     indices = ev.raw("indices", "none")
     spec = EvaluationSpec(
-        n_scenarios=ev.number("n_scenarios", 2048, lo=1, hi=MAX_INDEX, integer=True),
+        n_scenarios=ev.number("n_scenarios", 100_000, lo=1, hi=MAX_INDEX, integer=True),
+        n_nominal_scenarios=ev.number(
+            "n_nominal_scenarios", 16_384, lo=1, hi=MAX_INDEX, integer=True
+        ),
         seed_offset=ev.number("seed_offset", 1_000_003, lo=1, integer=True),
         chunk_size=None
         if chunk in ("auto", None)
@@ -263,6 +268,29 @@ def _distributed(cfg) -> DistributedSpec:
                 d.key("process_id"), "below distributed.num_processes", spec.process_id
             )
     return spec
+
+
+def auto_batch_size() -> int:
+    """``optimizer.batch_size: auto``: 128 scenarios per tuning step on the CPU (a step's
+    kernels are small and one minibatch keeps a core busy), 8,192 on an accelerator (a
+    small minibatch leaves it idle, each step bound by kernel launches)."""
+    import jax
+
+    return 128 if jax.default_backend() == "cpu" else 8192
+
+
+def _unlandable(cfg) -> tuple[str, ...]:
+    g = _Group(cfg, "certification")
+    value = g.raw("unlandable", ["lrf_absent"])
+    g.done()
+    allowed = "a list of fault classes, each one of " + ", ".join(FAULT_CLASSES)
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise ConfigError(g.key("unlandable"), allowed, value)
+    if any(name not in FAULT_CLASSES for name in value) or len(set(value)) != len(value):
+        raise ConfigError(g.key("unlandable"), allowed + " (no repeats)", list(value))
+    return tuple(value)
 
 
 def _indices(ev: _Group, value) -> tuple[int, ...]:
@@ -313,6 +341,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         "thrust_schedule",
         "distributed",
         "checkpoint",
+        "certification",
         "hydra",
     ):
         top.used.add(group)
@@ -424,6 +453,11 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     sim = _Group(cfg, "sim")
     dt = sim.number("dt_s", 0.25, lo=0.0, lo_open=True, hi=2.0)
     duration = sim.number("duration_s", 180.0, lo=dt)
+    longest = sim.raw("max_duration_s", "auto")
+    if longest == "auto":
+        longest = max(duration, decided_horizon(vehicle, gravity, scenario))
+    elif longest is not None:
+        longest = sim.number("max_duration_s", lo=duration, hi=100_000.0)
     sim.done()
 
     su = _Group(cfg, "success")
@@ -450,13 +484,23 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     op = _Group(cfg, "optimizer")
     optimizer = TrainSpec(
         steps=op.number("steps", 100, lo=1, integer=True),
-        batch_size=op.number("batch_size", 128, lo=1, integer=True),
+        batch_size=auto_batch_size()
+        if op.raw("batch_size", "auto") == "auto"
+        else op.number("batch_size", lo=1, integer=True),
         learning_rate=op.number("learning_rate", 0.02, lo=0.0, lo_open=True),
         warmup_steps=op.number("warmup_steps", 10, lo=0, integer=True),
         clip_norm=op.number("clip_norm", 1.0, lo=0.0, lo_open=True),
         gate_softness=op.number("gate_softness", 1.0, lo=0.0),
+        replay_every=op.number("replay_every", 0, lo=0, integer=True),
+        replay_pool=op.number("replay_pool", 4096, lo=2, hi=1 << 24, integer=True),
+        replay_worst=op.number("replay_worst", 256, lo=1, integer=True),
+        replay_fraction=op.number("replay_fraction", 0.5, lo=0.0, lo_open=True, hi=1.0),
     )
     op.done()
+    if optimizer.replay_worst >= optimizer.replay_pool:
+        raise ConfigError(
+            "optimizer.replay_worst", "below optimizer.replay_pool", optimizer.replay_worst
+        )
 
     evaluation = _evaluation(cfg)
 
@@ -485,6 +529,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     ck = _Group(cfg, "checkpoint")
     checkpoint_every_steps = ck.number("every_steps", 10, lo=1, integer=True)
     ck.done()
+    unlandable = _unlandable(cfg)
 
     sim_spec = SimSpec(
         vehicle=vehicle,
@@ -497,6 +542,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         nav_bias_sigma_mps2=scenario.imu_bias_sigma_mps2,
         dt_s=dt,
         duration_s=duration,
+        max_duration_s=longest,
         reject_policy=policy,
     )
     return RunConfig(
@@ -522,7 +568,22 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         compile_cache_dir=None if cache in ("unset", None) else cache,
         checkpoint_every_steps=checkpoint_every_steps,
         resume=resume,
+        unlandable=unlandable,
         settings_json=json.dumps(_flatten(cfg), sort_keys=True, default=str),
+    )
+
+
+def decided_horizon(vehicle: Vehicle, gravity_mps2: float, scenario: ScenarioSpec) -> float:
+    """``sim.max_duration_s: auto``: a time by which every flight of the population has
+    touched down (:func:`~descent_opt.simulate.decided_horizon_s` for a start 6 sigma high,
+    climbing and heavy; the terrain is at most 1 km below the site)."""
+    six = 6.0
+    return decided_horizon_s(
+        vehicle,
+        gravity_mps2,
+        scenario.r0_m[2] + six * scenario.position_sigma_m[2] + 1000.0,
+        scenario.v0_mps[2] + six * scenario.velocity_sigma_mps[2],
+        vehicle.mass_initial_kg + six * scenario.mass_sigma_kg,
     )
 
 

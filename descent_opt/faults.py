@@ -6,6 +6,8 @@ is how baseline gains are tuned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -67,8 +69,29 @@ class Faults(eqx.Module):
     rim_radius_m: Float[Array, "*batch"]
 
 
+# Acquisition range of a unit without the late-acquisition fault: only the LRF's design
+# maximum range limits it.
+NEVER_LATE_M = 1e9
+
+# Fault classes reported in ``by_fault`` and certified apart: which scenarios belong to each
+# (the predicates work on NumPy or JAX arrays of a population's faults).
+FAULT_CLASSES: dict[str, Callable[["Faults"], Array]] = {
+    "acquisition_below_1200m": lambda f: f.acquisition_range_m < 1200.0,
+    "latency": lambda f: f.latency_s > 0.0,
+    "dropouts": lambda f: f.dropout_prob > 0.0,
+    "dark_terrain": lambda f: f.heavy_tail_scale_m > 0.0,
+    "lrf_absent": lambda f: f.absent,
+    "rim_step": lambda f: f.rim_step_height_m > 0.0,
+}
+
+
+def late_acquisition(f: "Faults") -> Array:
+    """Units whose LRF gives its first valid range late (below a finite acquisition range)."""
+    return f.acquisition_range_m < NEVER_LATE_M
+
+
 def sample_fault(
-    catalog: FaultCatalog, *, key: PRNGKeyArray, no_acquisition_m: float = 1e9
+    catalog: FaultCatalog, *, key: PRNGKeyArray, no_acquisition_m: float = NEVER_LATE_M
 ) -> Faults:
     """Draw the fault parameters of one scenario. Units without the late-acquisition fault
     acquire at ``no_acquisition_m`` (i.e. only the design maximum range limits them)."""

@@ -112,6 +112,20 @@ def cvar(losses: Float[Array, " n"], alpha: float, count: int | None = None) -> 
     return jnp.mean(jax.lax.top_k(losses, k)[0])
 
 
+def weighted_cvar(
+    losses: Float[Array, " n"], weights: Float[Array, " n"], alpha: float
+) -> Float[Array, ""]:
+    """Conditional value at risk of a weighted sample (weights summing to 1, e.g.
+    likelihood ratios of an importance-sampled minibatch): the mean of the worst
+    ``1 - alpha`` of the probability mass, the boundary member counted in part."""
+    tail = 1.0 - alpha
+    order = jnp.argsort(-losses)
+    w, x = weights[order], losses[order]
+    before = jnp.cumsum(w) - w
+    share = jnp.clip(tail - before, 0.0, w)
+    return jnp.sum(share * x) / tail
+
+
 def _mean(x: Float[Array, " n"], count: int | None) -> Float[Array, ""]:
     if count is None or count >= x.shape[0]:
         return jnp.mean(x)
@@ -124,13 +138,21 @@ def risk(
     spec: ObjectiveSpec,
     propellant_kg: float,
     count: int | None = None,
+    weights: Float[Array, " n"] | None = None,
 ) -> tuple[Float[Array, ""], dict]:
     """Population objective ``mean + w_cvar CVaR + w_fuel mean(fuel) / propellant`` over
-    the first ``count`` members (default: all; members past it are padding)."""
+    the first ``count`` members (default: all; members past it are padding), or, with
+    ``weights`` (summing to 1; 0 for padding), their weighted mean and CVaR: an unbiased
+    estimate of the catalog's risk from a minibatch that over-samples its tail."""
     losses = scenario_loss(outcome, criteria, spec)
-    fuel = _mean(outcome.fuel_kg, count) / propellant_kg
-    tail = cvar(losses, spec.cvar_alpha, count)
-    mean = _mean(losses, count)
+    if weights is None:
+        fuel = _mean(outcome.fuel_kg, count) / propellant_kg
+        tail = cvar(losses, spec.cvar_alpha, count)
+        mean = _mean(losses, count)
+    else:
+        fuel = jnp.sum(weights * outcome.fuel_kg) / propellant_kg
+        tail = weighted_cvar(losses, weights, spec.cvar_alpha)
+        mean = jnp.sum(weights * losses)
     total = mean + spec.cvar_weight * tail + spec.fuel_weight * fuel
     return total, {"loss_mean": mean, "loss_cvar": tail, "fuel_fraction": fuel}
 

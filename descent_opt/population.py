@@ -25,9 +25,10 @@ import jax
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
+from descent_opt.certification import certify
 from descent_opt.device_program import DeviceProgram
 from descent_opt.distributed import allgather_objects, index_range
-from descent_opt.faults import Faults
+from descent_opt.faults import FAULT_CLASSES, Faults, late_acquisition
 from descent_opt.guidance import Gains
 from descent_opt.objectives import LandingMetrics, SuccessCriteria, landing_metrics
 from descent_opt.parallel import default_workers, map_pieces
@@ -35,18 +36,10 @@ from descent_opt.scenarios import Scenario, ScenarioSampler
 from descent_opt.simulate import SimSpec, Trace, _simulate, simulate_traces
 from descent_opt.statistics import ExactOrSketch, clopper_pearson, clopper_pearson_lower
 
-# Fault classes reported in ``by_fault``: which scenarios belong to each.
-FAULT_CLASSES: dict[str, Callable[[Faults], np.ndarray]] = {
-    "acquisition_below_1200m": lambda f: f.acquisition_range_m < 1200.0,
-    "latency": lambda f: f.latency_s > 0.0,
-    "dropouts": lambda f: f.dropout_prob > 0.0,
-    "dark_terrain": lambda f: f.heavy_tail_scale_m > 0.0,
-    "lrf_absent": lambda f: f.absent,
-    "rim_step": lambda f: f.rim_step_height_m > 0.0,
-}
 # Per-scenario quantities whose percentiles are reported (descent-positive speeds).
 QUANTITIES = (
     "fuel_kg",
+    "touchdown_time_s",
     "touchdown_speed_mps",
     "touchdown_vz_mps",
     "touchdown_vh_mps",
@@ -67,10 +60,6 @@ N_PARAMETER_BINS = 12
 EXACT_LIMIT = 1_000_000  # percentiles are exact up to this many scenarios
 
 
-def _late_acquisition(f: Faults) -> np.ndarray:
-    return f.acquisition_range_m < 1e8
-
-
 def _method(q: ExactOrSketch) -> str:
     if q.method == "exact":
         return "exact (linear interpolation between order statistics)"
@@ -82,7 +71,7 @@ def parameter_bins(sampler: ScenarioSampler) -> dict[str, tuple[np.ndarray, Call
     carry that fault; parameters whose range is a single value are left out."""
     c = jax.tree.map(np.asarray, sampler.catalog)
     spans = {
-        "acquisition_range_m": (c.acquisition_range_m, _late_acquisition),
+        "acquisition_range_m": (c.acquisition_range_m, late_acquisition),
         "latency_s": (c.latency_s, lambda f: f.latency_s > 0.0),
         "dropout_prob": (c.dropout_prob, lambda f: f.dropout_prob > 0.0),
         "heavy_tail_scale_m": (c.heavy_tail_scale_m, lambda f: f.heavy_tail_scale_m > 0.0),
@@ -108,21 +97,28 @@ class Tally:
 
     keep_failures: int = 20
     exact_limit: int = EXACT_LIMIT
+    unlandable: tuple[str, ...] = ()  # fault classes certified apart
+    planned_duration_s: float = float("inf")  # touchdowns after it are counted as late
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     quantities: dict[str, ExactOrSketch] = dataclasses.field(default_factory=dict)
     by_fault: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # [flights, successes] of the scenarios in no unlandable class, and per class among them
+    landable: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    by_fault_landable: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     by_parameter: dict[str, dict] = dataclasses.field(default_factory=dict)
     speed_histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     failures: dict[str, np.ndarray] | None = None
     nonfinite_indices: list[int] = dataclasses.field(default_factory=list)  # the first ones
 
     def __post_init__(self):
-        for name in ("n", "success", "crash", "exhausted", "timeout", "landed", "nonfinite"):
+        names = ("n", "success", "crash", "exhausted", "timeout", "landed", "nonfinite")
+        for name in names + ("late", "lrf_locked_out", "lrf_locked_out_success"):
             self.counts.setdefault(name, 0)
         for name in QUANTITIES:
             self.quantities.setdefault(name, ExactOrSketch(exact_limit=self.exact_limit))
         for name in FAULT_CLASSES:
             self.by_fault.setdefault(name, [0, 0])
+            self.by_fault_landable.setdefault(name, [0, 0])
         for name in ("touchdown_vz_mps", "touchdown_vh_mps"):
             self.speed_histograms.setdefault(name, np.zeros(len(SPEED_EDGES_MPS) + 1, np.int64))
 
@@ -137,6 +133,10 @@ class Tally:
         c["exhausted"] += int(records["exhausted"].sum())
         c["landed"] += int(records["landed"].sum())
         c["timeout"] += int((~records["landed"] & ~records["exhausted"]).sum())
+        c["late"] += int((records["touchdown_time_s"] > self.planned_duration_s).sum())
+        locked = records["lrf_locked_out"]
+        c["lrf_locked_out"] += int(locked.sum())
+        c["lrf_locked_out_success"] += int((locked & success).sum())
         # A diverged flight (non-finite outcome) is a failure, counted and listed, and kept
         # out of the percentiles, histograms and the failure ranking.
         finite = np.logical_and.reduce([np.isfinite(records[q]) for q in QUANTITIES])
@@ -147,10 +147,17 @@ class Tally:
             kept = {k: v[finite] for k, v in records.items()}
         for name in QUANTITIES:
             self.quantities[name].add(kept[name])
-        for name, member in FAULT_CLASSES.items():
-            mask = member(faults)
+        members = {name: np.asarray(member(faults)) for name, member in FAULT_CLASSES.items()}
+        landable = np.ones_like(success)
+        for name in self.unlandable:
+            landable &= ~members[name]
+        self.landable[0] += int(landable.sum())
+        self.landable[1] += int(success[landable].sum())
+        for name, mask in members.items():
             self.by_fault[name][0] += int(mask.sum())
             self.by_fault[name][1] += int(success[mask].sum())
+            self.by_fault_landable[name][0] += int((mask & landable).sum())
+            self.by_fault_landable[name][1] += int(success[mask & landable].sum())
         for name, (edges, active) in bins.items():
             zeros = np.zeros(len(edges) - 1, np.int64)
             entry = self.by_parameter.setdefault(
@@ -183,9 +190,15 @@ class Tally:
             self.counts[k] += v
         for k, q in other.quantities.items():
             self.quantities[k].merge(q)
-        for k, (n, s) in other.by_fault.items():
-            self.by_fault[k][0] += n
-            self.by_fault[k][1] += s
+        for mine, theirs in (
+            (self.by_fault, other.by_fault),
+            (self.by_fault_landable, other.by_fault_landable),
+        ):
+            for k, (n, s) in theirs.items():
+                mine[k][0] += n
+                mine[k][1] += s
+        self.landable[0] += other.landable[0]
+        self.landable[1] += other.landable[1]
         for k, entry in other.by_parameter.items():
             mine = self.by_parameter.setdefault(
                 k, {"edges": entry["edges"], "n": 0 * entry["n"], "success": 0 * entry["n"]}
@@ -244,6 +257,30 @@ class Tally:
             "tilt_deg_p99": stat("tilt_deg", 0.99),
             "miss_distance_m_p99": stat("miss_distance_m", 0.99),
             "percentile_method": _method(self.quantities["fuel_kg"]),
+            # When flights end (touchdown, or impact after exhaustion): every one is flown
+            # until it is down, so a slow descent shows up here, not as a timeout.
+            "touchdown_time_s": {
+                "p01": stat("touchdown_time_s", 0.01),
+                "p50": stat("touchdown_time_s", 0.5),
+                "p90": stat("touchdown_time_s", 0.9),
+                "p99": stat("touchdown_time_s", 0.99),
+                "p999": stat("touchdown_time_s", 0.999),
+                "max": stat("touchdown_time_s", field="max"),
+                "planned_s": self.planned_duration_s,
+                "late_rate": rate("late"),  # down after the planned horizon
+            },
+            # Flights whose filter was turning valid ranges away at the end (Mission 1).
+            "lrf_locked_out_rate": rate("lrf_locked_out"),
+            "lrf_locked_out_success_rate": (
+                c["lrf_locked_out_success"] / c["lrf_locked_out"] if c["lrf_locked_out"] else None
+            ),
+            "certification": certify(
+                (n, c["success"]),
+                tuple(self.landable),
+                {k: tuple(v) for k, v in self.by_fault_landable.items()},
+                {k: tuple(v) for k, v in self.by_fault.items()},
+                self.unlandable,
+            ),
             "by_fault": {
                 name: {
                     "n_scenarios": m,
@@ -280,6 +317,10 @@ class Tally:
                     "touchdown_vh_mps": float(f["touchdown_vh_mps"][i]),
                     "tilt_deg": float(f["tilt_deg"][i]),
                     "fuel_kg": float(f["fuel_kg"][i]),
+                    "touchdown_time_s": float(f["touchdown_time_s"][i]),
+                    "lrf_locked_out": bool(f["lrf_locked_out"][i]),
+                    "lrf_ignored_s": float(f["lrf_ignored_s"][i]),
+                    "lrf_first_accept_height_m": float(f["lrf_first_accept_height_m"][i]),
                     "faults": {
                         k: (bool(f[k][i]) if k == "absent" else float(f[k][i]))
                         for k in FAULT_FIELDS
@@ -329,6 +370,8 @@ def records_of(
         "fuel_kg": m.fuel_kg,
         "miss_distance_m": m.miss_distance_m,
         "lrf_first_accept_height_m": o.lrf_first_accept_height_m,
+        "lrf_ignored_s": o.lrf_ignored_s,
+        "lrf_locked_out": o.lrf_locked_out,
         "crash": m.crash,
         "success": m.success,
     }
@@ -424,12 +467,14 @@ def fly_population(
     chunk_size: int | None = None,
     keep_failures: int = 20,
     keep_records: bool = False,
+    unlandable: tuple[str, ...] = (),
     progress: Callable[[int, Tally], None] | None = None,
 ) -> PopulationResult:
     """Fly members ``start .. start+n-1`` of the population of ``key`` with ``gains``, about
     ``chunk_size`` at a time (default :func:`default_chunk_size`; rounded up to whole
     flight pieces, :func:`flight_size`); ``progress(done, tally)`` after each chunk. The last
-    piece reaches past the end and its extra members are dropped. Under ``jax.distributed``
+    piece reaches past the end and its extra members are dropped. ``unlandable``: fault
+    classes certified apart (:mod:`descent_opt.certification`). Under ``jax.distributed``
     each process flies its own contiguous share of the members and every process returns
     the whole population's tally (and records)."""
     begin = time.perf_counter()
@@ -441,7 +486,11 @@ def fly_population(
     piece = flight_size()
     size = max(1, -(-min(chunk_size or default_chunk_size(), n) // piece)) * piece
     bins = parameter_bins(sampler)
-    tally = Tally(keep_failures=keep_failures)
+    tally = Tally(
+        keep_failures=keep_failures,
+        unlandable=tuple(unlandable),
+        planned_duration_s=spec.duration_s,
+    )
     kept = []
     end = start + n
     done = reported = 0  # this process's members folded, and the share of ``total`` reported

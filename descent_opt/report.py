@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from descent_opt import certification
+from descent_opt.faults import NEVER_LATE_M
 from descent_opt.rundir import save_figure_atomic
 from descent_opt.simulate import Trace
 
@@ -62,7 +64,7 @@ def plot_success_vs_acquisition(records: dict[str, dict[str, np.ndarray]], path:
     valid range."""
     plt = _pyplot()
     acquisition_m = next(iter(records.values()))["acquisition_range_m"]
-    finite = acquisition_m < 1e8
+    finite = acquisition_m < NEVER_LATE_M
     lo, hi = (
         (float(acquisition_m[finite].min()), float(acquisition_m[finite].max()))
         if finite.any()
@@ -245,12 +247,19 @@ def summary_table(metrics: dict) -> str:
         ("touchdown vz p99 (m/s)", "touchdown_vz_mps_p99", "{:.2f}"),
         ("touchdown vh p99 (m/s)", "touchdown_vh_mps_p99", "{:.2f}"),
         ("crash rate", "crash_rate", "{:.2%}"),
+        ("LRF locked out at the end", "lrf_locked_out_rate", "{:.3%}"),
     ]
     b, o = metrics["baseline"], metrics["optimized"]
-    lines = [f"Held-out population: {b['n_scenarios']} scenarios with altimeter faults", ""]
+    lines = [f"Held-out population: {b['n_scenarios']:,} scenarios with altimeter faults", ""]
     lines.append(f"{'':26s}{'baseline':>12s}{'optimized':>12s}")
     for label, key, fmt in rows:
         lines.append(f"{label:26s}{fmt.format(b[key]):>12s}{fmt.format(o[key]):>12s}")
+    times = [m["touchdown_time_s"] for m in (b, o)]
+    for label, k in (("touchdown time p50 (s)", "p50"), ("touchdown time max (s)", "max")):
+        lines.append(f"{label:26s}{times[0][k]:>12.1f}{times[1][k]:>12.1f}")
+    lines.append(
+        f"{'down after the plan':26s}{times[0]['late_rate']:>12.3%}{times[1]['late_rate']:>12.3%}"
+    )
     if "nominal" in metrics:
         nb, no = metrics["nominal"]["baseline"], metrics["nominal"]["optimized"]
         label = "fuel, nominal sensors (kg)"
@@ -269,4 +278,7 @@ def summary_table(metrics: dict) -> str:
             f"Fuel price of robustness: {price['nominal_sensors']:+.2f} kg with nominal sensors, "
             f"{price['with_faults']:+.2f} kg with faults",
         ]
+    if "certification" in o:
+        lines += ["", "Optimized table, " + certification.lines(o["certification"])[0]]
+        lines += certification.lines(o["certification"])[1:]
     return "\n".join(lines)

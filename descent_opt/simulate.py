@@ -28,6 +28,8 @@ How it is laid out for speed (the model is the same whatever the layout;
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -63,7 +65,11 @@ class SimSpec(eqx.Module):
     nav_velocity_sigma_mps: float = 0.1
     nav_bias_sigma_mps2: float = 1e-3
     dt_s: float = 0.2
-    duration_s: float = 160.0
+    duration_s: float = 160.0  # planned horizon: every flight is flown at least this long
+    # Flights still airborne at ``duration_s`` fly on, a few at a time, until they touch
+    # down or this time (None: they stop at ``duration_s``, as tuning's do).
+    # :func:`decided_horizon_s` gives a time by which every flight has touched down.
+    max_duration_s: float | None = None
     reject_policy: str = "reacquire"
     gate_softness: float = 0.0  # > 0: sigmoid-weighted gate (for gradients); 0: hard gate
     beam_iterations: int = 2  # LRF ray-cast passes per step, warm-started from the last range
@@ -80,6 +86,33 @@ class SimSpec(eqx.Module):
     def n_steps(self) -> int:
         return int(round(self.duration_s / self.dt_s))
 
+    @property
+    def max_steps(self) -> int:
+        """Steps of the longest flight: to ``max_duration_s`` (rounded up to whole blocks
+        past the planned horizon), else ``duration_s``."""
+        if self.max_duration_s is None:
+            return self.n_steps
+        more = max(0, int(math.ceil(self.max_duration_s / self.dt_s)) - self.n_steps)
+        block = max(1, self.block_steps)
+        return self.n_steps + -(-more // block) * block
+
+
+def decided_horizon_s(
+    vehicle: Vehicle,
+    gravity_mps2: float,
+    start_height_m: float,
+    start_climb_mps: float,
+    start_mass_kg: float | None = None,
+) -> float:
+    """A time by which any flight of ``vehicle`` starting at most ``start_height_m`` above the
+    ground and climbing at most ``start_climb_mps`` has touched down, whatever its guidance:
+    even spending its whole velocity budget ``dv = ve ln(m0 / m_dry)`` upward at once, its
+    height ``h0 + (v0 + dv) t - g t^2 / 2`` reaches 0 by then."""
+    mass = vehicle.mass_initial_kg if start_mass_kg is None else start_mass_kg
+    budget = vehicle.exhaust_velocity_mps * math.log(mass / vehicle.mass_dry_kg)
+    up = start_climb_mps + budget
+    return (up + math.sqrt(up * up + 2.0 * gravity_mps2 * max(start_height_m, 0.0))) / gravity_mps2
+
 
 class Outcome(eqx.Module):
     """Per-scenario result of one closed-loop descent."""
@@ -93,6 +126,11 @@ class Outcome(eqx.Module):
     exhausted: Bool[Array, "*batch"]  # ran out of propellant above the surface
     final_height_m: Float[Array, "*batch"]  # height above terrain at the end (0 if landed)
     lrf_first_accept_height_m: Float[Array, "*batch"]  # true height of first accepted LRF reading
+    # How long the filter had been turning away valid LRF readings when the flight ended:
+    # from the first valid reading after its last accepted one (0 if its last valid reading
+    # was accepted). A filter locked out of its altimeter (Mission 1) ends with minutes.
+    lrf_ignored_s: Float[Array, "*batch"]
+    lrf_locked_out: Bool[Array, "*batch"]  # lrf_ignored_s above guidance's lrf_stale_after_s
 
 
 class Trace(eqx.Module):
@@ -154,6 +192,7 @@ class _Carry(eqx.Module):
     exhausted: Bool[Array, "*b"]
     first_accept_height_m: Scalar
     beam_range_m: Scalar  # last LRF ray-cast range: the next step's starting point
+    ignoring_since_s: Scalar  # first valid reading not accepted since the last accept; -1: none
     # The gain table read at the current filter state, for the next command. Read at the end
     # of each step (carried values are computed once; read where they are used, XLA CPU
     # recomputed the whole schedule in each of the fusions that consumed it).
@@ -183,6 +222,7 @@ def _initial_carry(spec: SimSpec, schedule: Schedule, flight: _Flight) -> _Carry
         exhausted=jnp.zeros_like(height, dtype=bool),
         first_accept_height_m=zero - 1.0,
         beam_range_m=jnp.maximum(height, 0.0),  # the axis starts vertical
+        ignoring_since_s=zero - 1.0,
         scheduled=scheduled(schedule, spec.guidance, nav),
     )
 
@@ -271,6 +311,15 @@ def _step(
             carry.first_accept_height_m,
         ),
         beam_range_m=true_range,
+        ignoring_since_s=jnp.where(
+            carry.landed | ~(valid & sample_due),
+            carry.ignoring_since_s,
+            jnp.where(
+                accepted,
+                -1.0,
+                jnp.where(carry.ignoring_since_s < 0.0, (index + 1) * dt, carry.ignoring_since_s),
+            ),
+        ),
         scheduled=scheduled(schedule, spec.guidance, nav),
     )
     trace = Trace(
@@ -292,6 +341,12 @@ def _step(
     return new_carry, trace
 
 
+def _block_draws(flight: _Flight, indices):
+    """The population's random draws for the steps ``indices`` (time first)."""
+    per_step = jax.vmap(noise.step_noise, in_axes=(0, None))
+    return jax.vmap(per_step, in_axes=(None, 0))(flight.key_words, indices.astype(jnp.uint32))
+
+
 def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
     """Population-level time loop; returns the final carry and (with ``keep_trace``) the
     per-step traces with time first."""
@@ -299,22 +354,20 @@ def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
     flight = _Flight.of(scenarios, spec.unrolled)
     step = jax.vmap(lambda f, c, i, d: _step(spec, schedule, f, c, i, d), in_axes=(0, 0, None, 0))
     carry = jax.vmap(lambda f: _initial_carry(spec, schedule, f))(flight)
-    steps = jnp.arange(spec.n_steps)
-
-    def draws(indices):
-        """The population's random draws for the steps ``indices`` (time first)."""
-        per_step = jax.vmap(noise.step_noise, in_axes=(0, None))
-        return jax.vmap(per_step, in_axes=(None, 0))(flight.key_words, indices.astype(jnp.uint32))
 
     if keep_trace:
-        return jax.lax.scan(lambda c, x: step(flight, c, *x), carry, (steps, draws(steps)))
+        steps = jnp.arange(spec.max_steps)
+        return jax.lax.scan(
+            lambda c, x: step(flight, c, *x), carry, (steps, _block_draws(flight, steps))
+        )
 
+    steps = jnp.arange(spec.n_steps)
     # Reverse mode keeps only the carry of each step and recomputes the step; the draws are
     # drawn once per block, outside the differentiated step.
     body = jax.checkpoint(lambda c, x: (step(flight, c, *x)[0], None))
 
     def run(c, indices):
-        return jax.lax.scan(body, c, (indices, draws(indices)))[0]
+        return jax.lax.scan(body, c, (indices, _block_draws(flight, indices)))[0]
 
     def block(c, indices):
         return jax.lax.cond(jnp.all(c.landed), lambda c_, _: c_, run, c, indices), None
@@ -324,14 +377,79 @@ def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
     carry, _ = jax.lax.scan(block, carry, steps[: n_blocks * size].reshape(n_blocks, size))
     if spec.n_steps > n_blocks * size:
         carry, _ = block(carry, steps[n_blocks * size :])
+    if spec.max_steps > spec.n_steps:
+        carry = _fly_on(spec, gains, scenarios, carry)
     return carry, None
+
+
+def straggler_group_size(n: int) -> int:
+    """Flights still airborne at the planned horizon fly on this many at a time (out of a
+    population of ``n``): small enough that a few slow descents do not keep a whole
+    population's worth of work flying, large enough to take them in few rounds."""
+    return min(n, max(32, n // 128))
+
+
+def _fly_on(spec: SimSpec, gains: Gains, scenarios: Scenario, carry: _Carry) -> _Carry:
+    """Fly every flight still airborne after the planned horizon on, in groups of
+    :func:`straggler_group_size`, until it touches down or ``max_duration_s``.
+
+    Each flight keeps its own draws (counter-based on its key and the step), and the
+    groups use the compact layout (``unrolled=False``: the smaller program) whatever the
+    population's, so a flight's outcome depends only on itself. Not differentiable (a
+    ``while_loop``); tuning flies to the planned horizon only."""
+    compact = eqx.tree_at(lambda s: s.unrolled, spec, False)
+    schedule = prepare(gains, unrolled=False)
+    flight = _Flight.of(scenarios, False)
+    n = carry.landed.shape[0]
+    group = straggler_group_size(n)
+    step = jax.vmap(
+        lambda f, c, i, d: _step(compact, schedule, f, c, i, d)[0], in_axes=(0, 0, None, 0)
+    )
+    size = max(1, spec.block_steps)
+    end = spec.max_steps  # the planned horizon plus whole blocks
+
+    def fly_group(members):
+        f, c = jax.tree.map(lambda x: jnp.take(x, members, axis=0, mode="clip"), (flight, carry))
+
+        def airborne(state):
+            c_, first = state
+            return jnp.any(~c_.landed) & (first < end)
+
+        def fly_block(state):
+            c_, first = state
+            indices = first + jnp.arange(size)
+            draws = _block_draws(f, indices)
+
+            def one(c__, x):
+                return step(f, c__, *x), None
+
+            return jax.lax.scan(one, c_, (indices, draws))[0], first + size
+
+        c, _ = jax.lax.while_loop(airborne, fly_block, (c, jnp.asarray(spec.n_steps)))
+        return c
+
+    def pending(state):
+        c, done = state
+        return jnp.any(~c.landed & ~done)
+
+    def next_group(state):
+        c, done = state
+        members = jnp.nonzero(~c.landed & ~done, size=group, fill_value=n)[0]
+        flown = fly_group(members)
+        c = jax.tree.map(lambda x, y: x.at[members].set(y, mode="drop"), c, flown)
+        return c, done.at[members].set(True, mode="drop")
+
+    carry, _ = jax.lax.while_loop(pending, next_group, (carry, jnp.zeros(n, bool)))
+    return carry
 
 
 def _outcome(spec: SimSpec, scenarios: Scenario, final: _Carry) -> Outcome:
     lander = final.lander
+    end_s = jnp.where(final.landed, final.touchdown_time_s, spec.max_steps * spec.dt_s)
+    ignored = jnp.where(final.ignoring_since_s < 0.0, 0.0, end_s - final.ignoring_since_s)
     return Outcome(
         landed=final.landed,
-        touchdown_time_s=jnp.where(final.landed, final.touchdown_time_s, spec.duration_s),
+        touchdown_time_s=end_s,
         touchdown_velocity_mps=dynamics.stack(lander.velocity_mps),
         touchdown_position_m=dynamics.stack(lander.position_m),
         touchdown_tilt_deg=dynamics.tilt_deg(lander),
@@ -339,6 +457,8 @@ def _outcome(spec: SimSpec, scenarios: Scenario, final: _Carry) -> Outcome:
         exhausted=final.exhausted,
         final_height_m=final.height_m,
         lrf_first_accept_height_m=final.first_accept_height_m,
+        lrf_ignored_s=ignored,
+        lrf_locked_out=ignored > spec.guidance.lrf_stale_after_s,
     )
 
 
@@ -391,8 +511,16 @@ def simulate(
 
 
 @eqx.filter_jit
-def simulate_traces(spec: SimSpec, gains: Gains, scenarios: Scenario) -> tuple[Outcome, Trace]:
-    """Like :func:`simulate` but also returns per-step histories, scenario first (memory
-    grows with population times steps: meant for a few scenarios)."""
+def _simulate_traces(spec: SimSpec, gains: Gains, scenarios: Scenario) -> tuple[Outcome, Trace]:
     final, trace = _fly(spec, gains, scenarios, keep_trace=True)
     return _outcome(spec, scenarios, final), jax.tree.map(lambda x: jnp.moveaxis(x, 0, -1), trace)
+
+
+def simulate_traces(spec: SimSpec, gains: Gains, scenarios: Scenario) -> tuple[Outcome, Trace]:
+    """Like :func:`simulate` but also returns per-step histories, scenario first, up to the
+    step after the last touchdown (memory grows with population times steps: meant for a
+    few scenarios)."""
+    outcome, trace = _simulate_traces(spec, gains, scenarios)
+    last = float(jnp.max(outcome.touchdown_time_s))
+    keep = min(spec.max_steps, int(math.floor(last / spec.dt_s)) + 2)
+    return outcome, jax.tree.map(lambda x: x[..., :keep], trace)

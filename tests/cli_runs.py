@@ -14,6 +14,7 @@ TINY = [
     "optimizer.steps=40",
     "optimizer.batch_size=16",
     "evaluation.n_scenarios=64",
+    "evaluation.n_nominal_scenarios=64",
     "sim.duration_s=60",
     "scenario.r0_m=[-50.0,0.0,1500.0]",
     "scenario.v0_mps=[0.0,0.0,-35.0]",

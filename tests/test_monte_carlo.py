@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import descent_opt
+from descent_opt.faults import late_acquisition
 from descent_opt.guidance import default_gains
 from descent_opt.jobs import monte_carlo
 from descent_opt.population import _draw, flight_size, fly_members, fly_population, records_of
@@ -194,7 +195,7 @@ SIGMA_ONLY = [  # keys that must stay > 0: a small and a large value
 ]
 FAULT_RATES = [  # rate key, range key, range, value read back, fault present
     ("late_acquisition_rate", "acquisition_range_m", (800.0, 1600.0), "acquisition_range_m",
-     lambda f: f.acquisition_range_m < 1e8),
+     late_acquisition),
     ("latency_rate", "latency_s", (0.1, 0.9), "latency_s", lambda f: f.latency_s > 0),
     ("dropout_rate", "dropout_prob", (0.2, 0.4), "dropout_prob", lambda f: f.dropout_prob > 0),
     ("dark_terrain_rate", "heavy_tail_scale_m", (4.0, 40.0), "heavy_tail_scale_m",

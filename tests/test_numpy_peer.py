@@ -149,12 +149,17 @@ SIGMAS = 4.0
 def realistic_pair():
     """The default configuration (long descent from 5 km, crater field, realistic faults,
     default gains), flown by both implementations on the same population."""
-    config = descent_opt.load_config([])
+    config = descent_opt.load_config(["sim.max_duration_s=null"])  # the peer's horizon
     gains = guidance.default_gains(config.altitude_breakpoints_m)
     population = config.sampler()(jax.random.key(0), N_STATISTICAL)
     reference = jax.tree.map(np.asarray, simulate(config.sim, gains, population))
     ours = ncl.simulate_numpy(config.sim, gains, ncl.scenarios_to_numpy(population), seed=0)
-    as_outcome = Outcome(**{name: ours[name] for name in ncl.OUTCOME_FIELDS})
+    zeros = np.zeros_like(ours["fuel_kg"])  # lockout bookkeeping: not part of the peer
+    as_outcome = Outcome(
+        **{name: ours[name] for name in ncl.OUTCOME_FIELDS},
+        lrf_ignored_s=zeros,
+        lrf_locked_out=zeros > 0,
+    )
     return (
         jax.tree.map(np.asarray, landing_metrics(reference, config.success)),
         jax.tree.map(np.asarray, landing_metrics(as_outcome, config.success)),

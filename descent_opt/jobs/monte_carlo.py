@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from descent_opt import report
+from descent_opt import certification, report
 from descent_opt.config import RunConfig
 from descent_opt.guidance import Gains
 from descent_opt.jobs import Progress, scenario_progress, starting_gains
@@ -119,6 +119,7 @@ def run(config: RunConfig, *, progress: Progress | None = None) -> MonteCarloRes
         chunk_size=ev.chunk_size,
         keep_failures=ev.keep_failures,
         keep_records=ev.save_scenarios,
+        unlandable=config.unlandable,
         progress=None
         if progress is None
         else scenario_progress(progress, "monte carlo", ev.n_scenarios),
@@ -191,6 +192,7 @@ def summary(result: MonteCarloResult) -> str:
             )
         return "\n".join(lines)
     low, high = m["success_rate_ci95"]
+    times = m["touchdown_time_s"]
     lines = [
         f"Monte Carlo: {m['n_scenarios']:,} scenarios, {m['scenarios_per_s']:,.0f} scenarios/s",
         "",
@@ -201,6 +203,12 @@ def summary(result: MonteCarloResult) -> str:
         f"{'fuel mean / p99 (kg)':28s}{m['fuel_kg_mean']:.2f} / {m['fuel_kg_p99']:.2f}",
         f"{'touchdown vz p50/p99/max':28s}{m['touchdown_vz_mps_p50']:.2f} / "
         f"{m['touchdown_vz_mps_p99']:.2f} / {m['touchdown_vz_mps_max']:.2f} m/s",
+        f"{'touchdown time p50/p99/max':28s}{times['p50']:.1f} / {times['p99']:.1f} / "
+        f"{times['max']:.1f} s ({times['late_rate']:.3%} after the planned "
+        f"{times['planned_s']:g} s)",
+        f"{'LRF locked out at the end':28s}{m['lrf_locked_out_rate']:.4%}",
+        "",
+        *certification.lines(m["certification"]),
         "",
         f"{'fault class':28s}{'scenarios':>10s}{'success':>10s}",
     ]

@@ -65,11 +65,13 @@ def evaluate(
     name: str = "",
 ) -> PopulationResult:
     """Fly ``gains`` over the held-out population (``evaluation.n_scenarios`` members of
-    :meth:`RunConfig.population_key`), with the configured faults or nominal sensors,
+    :meth:`RunConfig.population_key`, ``evaluation.n_nominal_scenarios`` of its twin with
+    nominal sensors), with the configured faults or nominal sensors,
     through the same chunked runner as ``monte_carlo``; per-scenario records are kept for
     the plots. ``name`` names the gain table on the progress bar."""
     faults = FaultCatalog.nominal(config.sim.lrf.max_range_m) if nominal_sensors else None
     ev = config.evaluation
+    n = ev.n_nominal_scenarios if nominal_sensors else ev.n_scenarios
     phase = "evaluating" + (f" {name} gains" if name else "")
     phase += " (nominal sensors)" if nominal_sensors else ""
     return fly_population(
@@ -77,12 +79,13 @@ def evaluate(
         gains,
         config.sampler(faults),
         config.success,
-        ev.n_scenarios,
+        n,
         key=config.population_key(nominal_sensors),
         chunk_size=ev.chunk_size,
         keep_failures=ev.keep_failures,
         keep_records=True,
-        progress=None if progress is None else scenario_progress(progress, phase, ev.n_scenarios),
+        unlandable=config.unlandable,
+        progress=None if progress is None else scenario_progress(progress, phase, n),
     )
 
 
@@ -213,6 +216,7 @@ def run(
             - summary_clean["baseline"]["fuel_kg_mean"],
         },
         "by_fault": _by_fault(summary),
+        "certification": {name: block["certification"] for name, block in summary.items()},
         "training": {
             name: {k: float(v[-1]) for k, v in h.items()}
             | {"nonfinite_grad_total": int(np.sum(h["nonfinite_grad"]))}

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray
 
 from descent_opt.guidance import Gains
-from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, risk
+from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, risk, scenario_loss
 from descent_opt.scenarios import Scenario
 from descent_opt.simulate import SimSpec, simulate
 
@@ -45,6 +45,15 @@ class TrainSpec(eqx.Module):
     clip_norm: float = 1.0
     gate_softness: float = 1.0  # squared-sigma scale of the sigmoid gate while training
     average_decay: float = 0.9  # returned gains: exponential moving average of the iterates
+    # Failure replay (0: off): every ``replay_every`` steps a pool of ``replay_pool``
+    # scenarios is flown forward with the current gains; its ``replay_worst`` riskiest
+    # members are one stratum, the rest another, and each minibatch draws
+    # ``replay_fraction`` of its members from the first. Weights (the strata's shares of
+    # the pool over their draws) keep the risk an unbiased estimate of the catalog's.
+    replay_every: int = 0
+    replay_pool: int = 4096
+    replay_worst: int = 256
+    replay_fraction: float = 0.5
 
 
 def _signed(path) -> bool:
@@ -90,10 +99,12 @@ def population_risk(
     objective,
     count=None,
     mesh: Mesh | None = None,
+    weights=None,
 ):
     """Risk of the gains given by unconstrained ``params`` over a population (its first
-    ``count`` members; default all). With ``mesh`` (one axis, ``"scenario"``) each device
-    flies its share of the members and the risk is taken over all of them."""
+    ``count`` members; default all; or weighted by ``weights``, see
+    :func:`~descent_opt.objectives.risk`). With ``mesh`` (one axis, ``"scenario"``) each
+    device flies its share of the members and the risk is taken over all of them."""
     propellant = spec.vehicle.mass_initial_kg - spec.vehicle.mass_dry_kg
     gains = from_params(params, breakpoints_m)
     if mesh is None:
@@ -106,7 +117,7 @@ def population_risk(
             in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("scenario")),
             out_specs=PartitionSpec("scenario"),
         )(dynamic, gains, scenarios)
-    return risk(outcome, criteria, objective, propellant, count)
+    return risk(outcome, criteria, objective, propellant, count, weights)
 
 
 def _scenario_mesh(devices) -> Mesh:
@@ -116,25 +127,45 @@ def _scenario_mesh(devices) -> Mesh:
 
 @eqx.filter_jit
 def _train_step(
-    train, spec, criteria, objective, sampler, breakpoints_m, params, opt_state, mean, key, devices
+    train,
+    spec,
+    criteria,
+    objective,
+    sampler,
+    breakpoints_m,
+    params,
+    opt_state,
+    mean,
+    key,
+    devices,
+    indices=None,
+    weights=None,
 ):
     # Module-level and keyed only on static settings: tuning runs that differ in their
     # fault catalog (array leaves of the sampler) share one compilation.
-    batch = train.batch_size
+    # The minibatch: members 0 .. batch-1 of the population of ``key``, or (failure replay)
+    # members ``indices`` of it with ``weights``.
+    batch = train.batch_size if indices is None else indices.shape[0]
+    if indices is None:
+        indices = jnp.arange(batch, dtype=jnp.uint32)
     mesh = None
-    if len(devices) == 1:
-        scenarios = sampler(key, batch)
-    else:
+    if len(devices) > 1:
         # Data-parallel: the minibatch, padded to a multiple of the device count, is
         # sharded over the devices, each flies its share; the padding is masked out of the
-        # risk, and the gradient is summed over the devices.
-        padded = -(-batch // len(devices)) * len(devices)
+        # risk (or weighs 0), and the gradient is summed over the devices.
+        pad = -batch % len(devices)
+        indices = jnp.concatenate([indices, jnp.arange(batch, batch + pad, dtype=indices.dtype)])
+        if weights is not None:
+            weights = jnp.concatenate([weights, jnp.zeros(pad, weights.dtype)])
         mesh = _scenario_mesh(devices)
+    scenarios = sampler.members(key, indices)
+    if mesh is not None:
         scenarios = jax.lax.with_sharding_constraint(
-            sampler(key, padded), NamedSharding(mesh, PartitionSpec("scenario"))
+            scenarios, NamedSharding(mesh, PartitionSpec("scenario"))
         )
+    count = batch if weights is None else None
     (value, parts), grads = eqx.filter_value_and_grad(population_risk, has_aux=True)(
-        params, breakpoints_m, spec, scenarios, criteria, objective, batch, mesh
+        params, breakpoints_m, spec, scenarios, criteria, objective, count, mesh, weights
     )
     nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads))
     grads = jax.tree.map(lambda g: jnp.where(jnp.isfinite(g), g, 0.0), grads)
@@ -154,6 +185,61 @@ def _train_step(
     return params, opt_state, mean, parts
 
 
+def _pool_key(key: PRNGKeyArray, refresh: int) -> PRNGKeyArray:
+    """Key of the failure-replay pool of refresh ``refresh`` (apart from the step keys)."""
+    return jax.random.fold_in(jax.random.fold_in(key, 0x5EED), refresh)
+
+
+@eqx.filter_jit
+def _draw_pool(sampler, key, n):
+    return sampler(key, n)
+
+
+_pool_losses = eqx.filter_jit(scenario_loss)
+
+
+def riskiest_members(
+    spec: SimSpec,
+    gains: Gains,
+    sampler,
+    criteria: SuccessCriteria,
+    objective: ObjectiveSpec,
+    pool: int,
+    worst: int,
+    *,
+    key: PRNGKeyArray,
+) -> np.ndarray:
+    """Indices of the ``worst`` members of the first ``pool`` of the population of ``key``
+    with the largest smooth loss under ``gains`` (ties by index)."""
+    outcome = simulate(spec, gains, _draw_pool(sampler, key, pool))  # one share per core
+    losses = np.asarray(_pool_losses(outcome, criteria, objective))
+    order = np.lexsort((np.arange(pool), -np.nan_to_num(losses, nan=np.inf)))
+    return np.sort(order[:worst])
+
+
+def replay_minibatch(
+    worst: np.ndarray, pool: int, batch: int, fraction: float, *, key: PRNGKeyArray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified minibatch of a pool of ``pool`` members: ``round(fraction * batch)``
+    drawn (with replacement) from the riskiest members ``worst``, the rest from the others;
+    each weighs its stratum's share of the pool over its stratum's draws, so the weighted
+    risk is an unbiased estimate of the pool's (and so of the catalog's)."""
+    k_worst, k_rest = jax.random.split(key)
+    m = len(worst)
+    from_worst = min(batch - 1, max(1, round(fraction * batch)))
+    rest = np.setdiff1d(np.arange(pool), worst)
+    picks_worst = worst[np.asarray(jax.random.randint(k_worst, (from_worst,), 0, m))]
+    picks_rest = rest[np.asarray(jax.random.randint(k_rest, (batch - from_worst,), 0, len(rest)))]
+    weights = np.concatenate(
+        [
+            np.full(from_worst, m / pool / from_worst),
+            np.full(batch - from_worst, (pool - m) / pool / (batch - from_worst)),
+        ]
+    )
+    indices = np.concatenate([picks_worst, picks_rest]).astype(np.uint32)
+    return indices, weights.astype(np.float32)
+
+
 @dataclasses.dataclass
 class TrainState:
     """Where a tuning run stands after ``step`` steps: everything the next step needs."""
@@ -164,6 +250,8 @@ class TrainState:
     mean: Any  # exponential moving average of the iterates (the gains returned)
     key: PRNGKeyArray  # the run's key; step ``i`` uses ``split(key, steps)[i]``
     history: dict[str, list[float]]
+    # Failure replay: the pool's riskiest members (indices), as ranked at the last refresh.
+    replay_worst: np.ndarray | None = None
 
 
 def initial_state(initial: Gains, train: TrainSpec, *, key: PRNGKeyArray) -> TrainState:
@@ -194,7 +282,14 @@ def tune_gains(
     is bit-identical to an uninterrupted run's); ``on_step`` is given the state after every
     step (to checkpoint it)."""
     devices = tuple(jax.local_devices() if devices is None else devices)
-    spec = eqx.tree_at(lambda s: (s.gate_softness, s.unrolled), spec, (train.gate_softness, False))
+    # Tuning flies to the planned horizon (a flight still up there is penalised for the
+    # height it has left), with the soft gate and the compact layout.
+    spec = eqx.tree_at(
+        lambda s: (s.gate_softness, s.unrolled, s.max_duration_s),
+        spec,
+        (train.gate_softness, False, None),
+        is_leaf=lambda x: x is None,
+    )
     breakpoints = initial.altitude_breakpoints_m
     state = start if start is not None else initial_state(initial, train, key=key)
     params, opt_state, mean = state.params, state.opt_state, state.mean
@@ -206,7 +301,26 @@ def tune_gains(
         params, opt_state, mean, step_keys = jax.device_put(
             (params, opt_state, mean, step_keys), replicated
         )
+    worst = state.replay_worst
     for i in range(state.step, train.steps):
+        draw_key, indices, weights = step_keys[i], None, None
+        if train.replay_every > 0:
+            pool_key = _pool_key(state.key, i // train.replay_every)
+            if i % train.replay_every == 0 or worst is None:
+                worst = riskiest_members(
+                    spec,
+                    from_params(params, breakpoints),
+                    sampler,
+                    criteria,
+                    objective,
+                    train.replay_pool,
+                    min(train.replay_worst, train.replay_pool - 1),
+                    key=pool_key,
+                )
+            draw_key = pool_key
+            indices, weights = replay_minibatch(
+                worst, train.replay_pool, train.batch_size, train.replay_fraction, key=step_keys[i]
+            )
         params, opt_state, mean, parts = _train_step(
             train,
             spec,
@@ -217,8 +331,10 @@ def tune_gains(
             params,
             opt_state,
             mean,
-            step_keys[i],
+            draw_key,
             devices,
+            indices,
+            None if weights is None else jnp.asarray(weights, dtype=float),
         )
         parts = {k: float(v) for k, v in parts.items()}
         entries = sum(int(np.size(p)) for p in jax.tree.leaves(params))
@@ -238,5 +354,5 @@ def tune_gains(
         if progress is not None:
             progress(i, parts)
         if on_step is not None:
-            on_step(TrainState(i + 1, params, opt_state, mean, state.key, history))
+            on_step(TrainState(i + 1, params, opt_state, mean, state.key, history, worst))
     return from_params(mean, breakpoints), {k: np.asarray(v) for k, v in history.items()}

@@ -109,7 +109,7 @@ def closed_loop(populations: list[int], repeats: int, numpy_repeats: int) -> dic
     from descent_opt.guidance import default_gains
     from descent_opt.simulate import simulate
 
-    config = descent_opt.load_config([])
+    config = descent_opt.load_config(["sim.max_duration_s=null"])  # the peer's horizon
     spec = config.sim
     gains = default_gains(config.altitude_breakpoints_m)
     model = peer.model_from_spec(spec, gains)
@@ -232,7 +232,7 @@ import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.optimize import gains as tuning
 from descent_opt.jobs.robust_gains import m2_replay_scenario
-from descent_opt.simulate import _simulate, simulate_traces
+from descent_opt.simulate import _simulate, _simulate_traces
 
 config = descent_opt.load_config(["+experiment=robust_gains"])
 gains = default_gains(config.altitude_breakpoints_m)
@@ -254,7 +254,7 @@ start = time.perf_counter()
 _simulate.lower(config.sim, gains, heldout).compile()
 out["evaluation_s"] = time.perf_counter() - start
 start = time.perf_counter()
-simulate_traces.lower(config.sim, gains, m2_replay_scenario(config)).compile()
+_simulate_traces.lower(config.sim, gains, m2_replay_scenario(config)).compile()
 out["replay_traces_s"] = time.perf_counter() - start
 out["total_s"] = sum(out.values())
 print(json.dumps(out))
@@ -393,7 +393,7 @@ def roofline(population: int = 65536) -> dict:
     from descent_opt import simulate as sim
     from descent_opt.guidance import default_gains, prepare
 
-    config = descent_opt.load_config([])
+    config = descent_opt.load_config(["sim.max_duration_s=null"])  # the peer's horizon
     spec = config.sim
     gains = default_gains(config.altitude_breakpoints_m)
     scenarios = config.sampler()(jax.random.key(0), population)

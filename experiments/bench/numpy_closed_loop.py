@@ -961,7 +961,7 @@ def main() -> None:
     from descent_opt.guidance import default_gains
     from descent_opt.simulate import simulate
 
-    config = descent_opt.load_config([])
+    config = descent_opt.load_config(["sim.max_duration_s=null"])  # the peer's horizon
     spec = config.sim
     gains = default_gains(config.altitude_breakpoints_m)
     model = model_from_spec(spec, gains)
