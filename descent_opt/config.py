@@ -270,13 +270,19 @@ def _distributed(cfg) -> DistributedSpec:
     return spec
 
 
-def auto_batch_size() -> int:
-    """``optimizer.batch_size: auto``: 128 scenarios per tuning step on the CPU (a step's
-    kernels are small and one minibatch keeps a core busy), 8,192 on an accelerator (a
-    small minibatch leaves it idle, each step bound by kernel launches)."""
-    import jax
+def _gain_names(g: _Group, k: str) -> tuple[str, ...]:
+    from descent_opt.guidance import NAV_GAINS, SCALAR_GAINS, SCHEDULED_COLUMNS
 
-    return 128 if jax.default_backend() == "cpu" else 8192
+    names = SCHEDULED_COLUMNS + SCALAR_GAINS + NAV_GAINS
+    value = g.raw(k, [])
+    allowed = "a list of gain names, each one of " + ", ".join(names)
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise ConfigError(g.key(k), allowed, value)
+    if any(n not in names for n in value) or len(set(value)) != len(value):
+        raise ConfigError(g.key(k), allowed + " (no repeats)", list(value))
+    return tuple(value)
 
 
 def _unlandable(cfg) -> tuple[str, ...]:
@@ -484,7 +490,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     op = _Group(cfg, "optimizer")
     optimizer = TrainSpec(
         steps=op.number("steps", 100, lo=1, integer=True),
-        batch_size=auto_batch_size()
+        batch_size=None  # auto: chosen by the backend when tuning starts
         if op.raw("batch_size", "auto") == "auto"
         else op.number("batch_size", lo=1, integer=True),
         learning_rate=op.number("learning_rate", 0.02, lo=0.0, lo_open=True),
@@ -495,6 +501,7 @@ def from_mapping(cfg: Mapping) -> RunConfig:
         replay_pool=op.number("replay_pool", 4096, lo=2, hi=1 << 24, integer=True),
         replay_worst=op.number("replay_worst", 256, lo=1, integer=True),
         replay_fraction=op.number("replay_fraction", 0.5, lo=0.0, lo_open=True, hi=1.0),
+        frozen=_gain_names(op, "frozen"),
     )
     op.done()
     if optimizer.replay_worst >= optimizer.replay_pool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from descent_opt.guidance import NAV_GAINS, SCALAR_GAINS, SCHEDULED_COLUMNS, Gains
+from descent_opt.guidance import NAV_GAINS, NAV_GAINS_ADDED, SCALAR_GAINS, SCHEDULED_COLUMNS, Gains
 from descent_opt.navigation import NavParams
 from descent_opt.rundir import save_npz_atomic, write_text_atomic
 
@@ -51,7 +51,8 @@ def gains_from_dict(data: dict) -> Gains:
         bp = np.asarray(data["altitude_breakpoints_m"], dtype=np.float32)
         cols = {c: np.asarray(data["schedule"][c], dtype=np.float32) for c in SCHEDULED_COLUMNS}
         scalars = {s: np.float32(data["scalars"][s]) for s in SCALAR_GAINS}
-        nav = {n: np.float32(data["navigation"][n]) for n in NAV_GAINS}
+        given = {**NAV_GAINS_ADDED, **data["navigation"]}
+        nav = {n: np.float32(given[n]) for n in NAV_GAINS}
     except (KeyError, TypeError) as err:
         raise ValueError(f"gains: missing or malformed entry {err}") from None
     if bp.ndim != 1 or bp.size < 2 or np.any(np.diff(bp) <= 0):
@@ -165,7 +166,7 @@ def _read_npz(path: Path) -> dict:
         "altitude_breakpoints_m": get("altitude_breakpoints_m"),
         "schedule": {c: get(c) for c in SCHEDULED_COLUMNS},
         "scalars": {n: get(n) for n in SCALAR_GAINS},
-        "navigation": {n: get(n) for n in NAV_GAINS},
+        "navigation": {n: get(n) for n in NAV_GAINS if n in arrays or n not in NAV_GAINS_ADDED},
     }
 
 

@@ -32,7 +32,15 @@ SCHEDULED_COLUMNS = (
     "zev_gain",
 )
 SCALAR_GAINS = ("altitude_margin_sigma", "tgo_min_s")
-NAV_GAINS = ("accel_noise_mps2", "lrf_noise_m", "gate_sigma", "reacquire_after_s")
+NAV_GAINS = (
+    "accel_noise_mps2",
+    "lrf_noise_m",
+    "gate_sigma",
+    "reacquire_after_s",
+    "heavy_tail_weight",
+)
+# Written by every table since it was added; older tables lack it and flew without it.
+NAV_GAINS_ADDED = {"heavy_tail_weight": 0.0}
 
 
 class GuidanceSpec(eqx.Module):
@@ -63,12 +71,14 @@ def default_gains(
     touchdown_rate_mps: float = 0.8,
     terminal_height_m: float = 30.0,
     terminal_slope_per_s: float = 0.08,
+    heavy_tail_weight: float = 0.05,
 ) -> Gains:
     """A hand-made starting design for nominal sensors: a slow terminal segment (descent
     rate ``v_td + c h`` up to ``terminal_height_m``, tolerant of altitude error) below
     constant-acceleration braking ``sqrt(2 a (h - terminal_height_m))``; classical ZEM/ZEV
     gains (velocity nulling only near the ground); a 1-sigma altitude margin; no contingency
-    (its envelope equals the nominal one)."""
+    (its envelope equals the nominal one); readings weighted as Student-t with 19 degrees of
+    freedom (``heavy_tail_weight`` 0.05: nearly Gaussian)."""
     h = jnp.asarray(np.asarray(altitude_breakpoints_m, dtype=float))
     rate = (
         touchdown_rate_mps
@@ -90,6 +100,7 @@ def default_gains(
             lrf_noise_m=jnp.asarray(5.0, dtype=float),
             gate_sigma=jnp.asarray(4.0, dtype=float),
             reacquire_after_s=jnp.asarray(3.0, dtype=float),
+            heavy_tail_weight=jnp.asarray(heavy_tail_weight, dtype=float),
         ),
     )
 

@@ -6,6 +6,10 @@ is IMU dead reckoning from the initial knowledge. The filter maps LRF range to a
 an assumed flat site (height 0): unmapped terrain shows up as innovation, which is what the
 chi-square gate is for.
 
+Heavy-tailed ranges: a reading inside the gate is weighted down by its innovation as a
+Student-t measurement would be (``heavy_tail_weight``), so an outlier that passes the gate
+moves the estimate less than a Gaussian filter would let it.
+
 Rejection policy: the gate rejects a reading whose normalised innovation exceeds
 ``gate_sigma``. When valid readings have been rejected continuously for longer than
 ``reacquire_after_s`` the filter either re-acquires (resets altitude to the LRF reading and
@@ -35,6 +39,10 @@ class NavParams(eqx.Module):
     lrf_noise_m: Float[Array, ""]  # assumed LRF altitude noise, 1-sigma
     gate_sigma: Float[Array, ""]  # innovation gate in standard deviations
     reacquire_after_s: Float[Array, ""]  # continuous rejection before the policy acts
+    # Heavy-tailed measurement model: a reading whose normalised innovation is d counts
+    # 1 / (1 + w max(d^2 - 1, 0)); 0 is the plain Kalman update, 1 / (nu + 1) the weight of
+    # a Student-t reading with nu degrees of freedom (IM-2's dark-terrain ranges).
+    heavy_tail_weight: Float[Array, ""]
 
 
 class NavState(eqx.Module):
@@ -162,6 +170,7 @@ def update(
         weight = usable * jax.nn.sigmoid(margin / gate_softness)
     else:
         weight = accepted.astype(innovation.dtype)
+    weight = weight / (1.0 + params.heavy_tail_weight * jnp.maximum(d2 - 1.0, 0.0))
     # Kalman gain K = P[:, 0] / s; P <- P - w K P[0, :].
     ws = weight / s
     hh, hv, hb = nav.cov_hh, nav.cov_hv, nav.cov_hb

@@ -57,7 +57,8 @@ DISPERSION_FIELDS = (
 )
 SPEED_EDGES_MPS = np.logspace(-2, 3, 101)  # touchdown-speed histogram bins
 N_PARAMETER_BINS = 12
-EXACT_LIMIT = 1_000_000  # percentiles are exact up to this many scenarios
+EXACT_LIMIT = 1_000_000
+MAX_MEMBER = 2**32 - 1  # members are drawn with fold_in of a 32-bit index  # percentiles are exact up to this many scenarios
 
 
 def _method(q: ExactOrSketch) -> str:
@@ -555,7 +556,10 @@ def fly_members(
     to the population run's) and per-step traces (scenario first)."""
     indices = np.asarray(indices, np.int64)
     piece = flight_size()
-    padded = np.concatenate([indices, np.repeat(indices[:1], -len(indices) % piece)])
+    # The piece is filled up with the members that follow the last one asked for (a copy
+    # of one member would fly on as long as it does, thousands of times over).
+    filler = (indices.max() + 1 + np.arange(-len(indices) % piece)) % (MAX_MEMBER + 1)
+    padded = np.concatenate([indices, filler])
     pieces = [padded[p : p + piece] for p in range(0, len(padded), piece)]
     records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
     records = {k: v[: len(indices)] for k, v in records.items()}

@@ -408,12 +408,16 @@ def _fly_on(spec: SimSpec, gains: Gains, scenarios: Scenario, carry: _Carry) -> 
     size = max(1, spec.block_steps)
     end = spec.max_steps  # the planned horizon plus whole blocks
 
+    def flying(c):
+        # A flight whose state stopped being finite is over too (it is counted apart).
+        return ~c.landed & jnp.isfinite(c.height_m)
+
     def fly_group(members):
         f, c = jax.tree.map(lambda x: jnp.take(x, members, axis=0, mode="clip"), (flight, carry))
 
         def airborne(state):
             c_, first = state
-            return jnp.any(~c_.landed) & (first < end)
+            return jnp.any(flying(c_)) & (first < end)
 
         def fly_block(state):
             c_, first = state
@@ -430,11 +434,11 @@ def _fly_on(spec: SimSpec, gains: Gains, scenarios: Scenario, carry: _Carry) -> 
 
     def pending(state):
         c, done = state
-        return jnp.any(~c.landed & ~done)
+        return jnp.any(flying(c) & ~done)
 
     def next_group(state):
         c, done = state
-        members = jnp.nonzero(~c.landed & ~done, size=group, fill_value=n)[0]
+        members = jnp.nonzero(flying(c) & ~done, size=group, fill_value=n)[0]
         flown = fly_group(members)
         c = jax.tree.map(lambda x, y: x.at[members].set(y, mode="drop"), c, flown)
         return c, done.at[members].set(True, mode="drop")

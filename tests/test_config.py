@@ -6,6 +6,7 @@ import pytest
 
 import descent_opt
 from descent_opt.config import ConfigError
+from descent_opt.optimize.gains import resolved
 
 
 def test_default_config_matches_contract_keys():
@@ -14,6 +15,22 @@ def test_default_config_matches_contract_keys():
     assert config.scenario.r0_m == (-300.0, 0.0, 5000.0)
     assert config.evaluation.n_scenarios >= 2000
     assert config.faults.acquisition_range_m == (700.0, 3000.0)
+
+
+def test_decided_horizon_and_verdict_defaults():
+    """Evaluations fly until every flight is down (the upward-burn bound, well past the
+    planned 180 s), on 100,000 held-out members and 16,384 with nominal sensors; the
+    LRF-absent class is certified apart; tuning minibatches are 128 on the CPU."""
+    config = descent_opt.load_config([])
+    assert config.sim.duration_s == 180.0 and config.sim.max_duration_s > 1000.0
+    assert config.evaluation.n_scenarios == 100_000
+    assert config.evaluation.n_nominal_scenarios == 16_384
+    assert config.unlandable == ("lrf_absent",)
+    assert config.optimizer.batch_size is None  # auto: chosen once JAX has started
+    assert resolved(config.optimizer).batch_size == 128  # the tests run on the CPU
+    assert descent_opt.load_config(["sim.max_duration_s=null"]).sim.max_duration_s is None
+    frozen = descent_opt.load_config(["optimizer.frozen=[heavy_tail_weight,zem_gain]"])
+    assert frozen.optimizer.frozen == ("heavy_tail_weight", "zem_gain")
 
 
 def test_overrides_reach_the_typed_config():
@@ -38,6 +55,14 @@ def test_overrides_reach_the_typed_config():
         ("guidance.altitude_breakpoints_m=[0,100,50]", "guidance.altitude_breakpoints_m"),
         ("+optimizer.momentum=0.9", "optimizer.momentum"),
         ("objective.cvar_alpha=1.5", "objective.cvar_alpha"),
+        ("sim.max_duration_s=10", "sim.max_duration_s"),
+        ("certification.unlandable=[lrf_missing]", "certification.unlandable"),
+        ("certification.unlandable=lrf_absent", "certification.unlandable"),
+        ("evaluation.n_nominal_scenarios=0", "evaluation.n_nominal_scenarios"),
+        ("optimizer.batch_size=automatic", "optimizer.batch_size"),
+        ("optimizer.replay_worst=5000", "optimizer.replay_worst"),
+        ("optimizer.replay_fraction=0", "optimizer.replay_fraction"),
+        ("optimizer.frozen=[gate]", "optimizer.frozen"),
     ],
 )
 def test_bad_values_name_their_key(override, key):

@@ -29,6 +29,7 @@ PARAMS = NavParams(
     lrf_noise_m=jnp.asarray(2.0),
     gate_sigma=jnp.asarray(4.0),
     reacquire_after_s=jnp.asarray(3.0),
+    heavy_tail_weight=jnp.asarray(0.0),
 )
 
 

@@ -81,20 +81,20 @@ def test_replay_minibatch_is_an_unbiased_estimate_of_the_pool():
     assert abs(np.mean(estimates) - losses.mean()) < 4 * se
 
 
-def _replay_train(steps):
-    return tuning.TrainSpec(
-        steps=steps, batch_size=6, warmup_steps=1, replay_every=2, replay_pool=24,
-        replay_worst=4, replay_fraction=0.5,
-    )  # fmt: skip
-
-
-def test_failure_replay_resumes_bit_identically():
+def test_failure_replay_resumes_bit_identically_and_frozen_gains_stay():
     """Failure replay draws half of each minibatch from the riskiest members of a pool
     flown forward every 2 steps; stopped after step 3 (mid-pool) and resumed from the saved
-    state it ends with the gains of an uninterrupted run."""
+    state it ends with the gains of an uninterrupted run. A frozen gain (here one that
+    starts at 0, which log-parameterised tuning could not even represent) keeps its value
+    exactly while the others move."""
     spec = SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0)
     sampler = ScenarioSampler(SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(), 480.0)
-    args = (spec, default_gains(), sampler, SuccessCriteria(), ObjectiveSpec(), _replay_train(5))
+    start = default_gains(heavy_tail_weight=0.0)
+    train = tuning.TrainSpec(
+        steps=5, batch_size=6, warmup_steps=1, replay_every=2, replay_pool=24, replay_worst=4,
+        replay_fraction=0.5, frozen=("heavy_tail_weight", "zem_gain"),
+    )  # fmt: skip
+    args = (spec, start, sampler, SuccessCriteria(), ObjectiveSpec(), train)
     saved = {}
 
     def keep(state):  # a copy: the history lists grow on after the step
@@ -107,3 +107,8 @@ def test_failure_replay_resumes_bit_identically():
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(history["objective"], again["objective"])
+
+    assert float(whole.nav.heavy_tail_weight) == 0.0
+    np.testing.assert_array_equal(np.asarray(whole.zem_gain), np.asarray(start.zem_gain))
+    moved = np.asarray(whole.descent_rate_mps) != np.asarray(start.descent_rate_mps)
+    assert moved.any()

@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray
 
-from descent_opt.guidance import Gains
+from descent_opt.guidance import NAV_GAINS, Gains
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, risk, scenario_loss
 from descent_opt.scenarios import Scenario
 from descent_opt.simulate import SimSpec, simulate
@@ -39,7 +39,7 @@ class NonFiniteTraining(RuntimeError):
 
 class TrainSpec(eqx.Module):
     steps: int = 150
-    batch_size: int = 128
+    batch_size: int | None = 128  # None: :func:`auto_batch_size`
     learning_rate: float = 0.02
     warmup_steps: int = 10
     clip_norm: float = 1.0
@@ -54,29 +54,71 @@ class TrainSpec(eqx.Module):
     replay_pool: int = 4096
     replay_worst: int = 256
     replay_fraction: float = 0.5
+    frozen: tuple[str, ...] = ()  # gains left at their starting values (names)
+
+
+def auto_batch_size() -> int:
+    """Minibatch of ``optimizer.batch_size: auto``: 128 scenarios on the CPU (one minibatch
+    keeps a core busy), 8,192 on an accelerator (a small minibatch leaves it idle, each
+    step bound by kernel launches)."""
+    return 128 if jax.default_backend() == "cpu" else 8192
+
+
+def resolved(train: TrainSpec) -> TrainSpec:
+    """``train`` with an automatic minibatch size chosen for the backend."""
+    if train.batch_size is not None:
+        return train
+    return eqx.tree_at(
+        lambda t: t.batch_size, train, auto_batch_size(), is_leaf=lambda x: x is None
+    )
 
 
 def _signed(path) -> bool:
     return any(getattr(p, "name", None) == "zev_gain" for p in path)
 
 
-def to_params(gains: Gains):
-    """Unconstrained parameters of ``gains`` (breakpoints replaced by ``None``)."""
-    gains = eqx.tree_at(
-        lambda g: g.altitude_breakpoints_m, gains, replace=None, is_leaf=lambda x: x is None
+def _frozen_part(gains: Gains, frozen: tuple[str, ...]) -> Gains:
+    """The leaves of ``gains`` tuning leaves alone: the breakpoints and the ``frozen``
+    gains (by name: a scheduled column, a scalar or a navigation gain); None elsewhere."""
+    keep = jax.tree.map(lambda _: False, gains)
+    keep = eqx.tree_at(lambda g: g.altitude_breakpoints_m, keep, True)
+    for name in frozen:
+        where = (
+            (lambda g, n=name: getattr(g.nav, n))
+            if name in NAV_GAINS
+            else (lambda g, n=name: getattr(g, n))
+        )
+        keep = eqx.tree_at(where, keep, True)
+    return eqx.filter(gains, keep)
+
+
+def to_params(gains: Gains, frozen: tuple[str, ...] = ()):
+    """Unconstrained parameters of ``gains`` (breakpoints and ``frozen`` gains replaced by
+    ``None``)."""
+    fixed = _frozen_part(gains, frozen)
+    tuned = jax.tree.map(
+        lambda g, f: None if f is not None else g, gains, fixed, is_leaf=lambda x: x is None
     )
     # Strongly typed leaves: a weakly typed scalar (``jnp.asarray(1.0)``) would become float32
     # after Adam's first update and the training step would be traced a second time.
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: jnp.asarray(x if _signed(p) else jnp.log(x), dtype=float), gains
+        lambda p, x: jnp.asarray(x if _signed(p) else jnp.log(x), dtype=float), tuned
     )
 
 
-def from_params(params, breakpoints_m) -> Gains:
+def from_params(params, fixed) -> Gains:
+    """Gains from unconstrained ``params`` and what tuning leaves alone: ``fixed`` is the
+    altitude breakpoints, or a :class:`Gains` holding the breakpoints and frozen gains
+    (None elsewhere)."""
     gains = jax.tree_util.tree_map_with_path(lambda p, x: x if _signed(p) else jnp.exp(x), params)
-    return eqx.tree_at(
-        lambda g: g.altitude_breakpoints_m, gains, breakpoints_m, is_leaf=lambda x: x is None
-    )
+    if not isinstance(fixed, Gains):
+        fixed = eqx.tree_at(
+            lambda g: g.altitude_breakpoints_m,
+            jax.tree.map(lambda _: None, gains),
+            fixed,
+            is_leaf=lambda x: x is None,
+        )
+    return eqx.combine(gains, fixed, is_leaf=lambda x: x is None)
 
 
 def _optimizer(train: TrainSpec) -> optax.GradientTransformation:
@@ -256,7 +298,7 @@ class TrainState:
 
 def initial_state(initial: Gains, train: TrainSpec, *, key: PRNGKeyArray) -> TrainState:
     """The state before the first step of tuning from ``initial``."""
-    params = to_params(initial)
+    params = to_params(initial, train.frozen)
     return TrainState(0, params, _optimizer(train).init(params), params, key, {})
 
 
@@ -282,6 +324,7 @@ def tune_gains(
     is bit-identical to an uninterrupted run's); ``on_step`` is given the state after every
     step (to checkpoint it)."""
     devices = tuple(jax.local_devices() if devices is None else devices)
+    train = resolved(train)
     # Tuning flies to the planned horizon (a flight still up there is penalised for the
     # height it has left), with the soft gate and the compact layout.
     spec = eqx.tree_at(
@@ -290,7 +333,7 @@ def tune_gains(
         (train.gate_softness, False, None),
         is_leaf=lambda x: x is None,
     )
-    breakpoints = initial.altitude_breakpoints_m
+    breakpoints = _frozen_part(initial, train.frozen)  # and the frozen gains
     state = start if start is not None else initial_state(initial, train, key=key)
     params, opt_state, mean = state.params, state.opt_state, state.mean
     history = {k: list(v) for k, v in state.history.items()}

@@ -109,6 +109,7 @@ class Model:
     nav_lrf_noise_m: float
     nav_gate_sigma: float
     nav_reacquire_after_s: float
+    nav_heavy_tail_weight: float
     nav_altitude_sigma_m: float
     nav_velocity_sigma_mps: float
     nav_bias_sigma_mps2: float
@@ -185,6 +186,7 @@ def model_from_spec(spec, gains, *, beam_iterations: int | None = None) -> Model
         nav_lrf_noise_m=f(gains.nav.lrf_noise_m),
         nav_gate_sigma=f(gains.nav.gate_sigma),
         nav_reacquire_after_s=f(gains.nav.reacquire_after_s),
+        nav_heavy_tail_weight=f(gains.nav.heavy_tail_weight),
         nav_altitude_sigma_m=f(spec.nav_altitude_sigma_m),
         nav_velocity_sigma_mps=f(spec.nav_velocity_sigma_mps),
         nav_bias_sigma_mps2=f(spec.nav_bias_sigma_mps2),
@@ -691,6 +693,8 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
                 weight = weight.astype(dtype, copy=False)
             else:
                 weight = accepted.astype(dtype)
+            d2 = innovation * innovation / s_total
+            weight = weight / (1.0 + m.nav_heavy_tail_weight * np.maximum(d2 - 1.0, 0.0))
             ws = weight / s_total
             corr_z = ws * p00 * innovation
             corr_vz = ws * p01 * innovation

@@ -35,17 +35,18 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def tune(config, *, scale_steps: float):
-    """The robust table of the main job under ``config``; returns gains, wall seconds and
+def tune(config, design: dict, *, scale_steps: float):
+    """The robust table of the main job under ``config``, from the built-in design with
+    ``design`` (keyword arguments of ``default_gains``); returns gains, wall seconds and
     simulated scenario-steps (minibatch flights plus replay pools, at the planned horizon)."""
     from descent_opt.guidance import default_gains
-    from descent_opt.optimize.gains import tune_gains
+    from descent_opt.optimize.gains import resolved, tune_gains
 
     key = jax.random.split(jax.random.key(config.seed))[1]
     start = time.perf_counter()
     gains, history = tune_gains(
         config.sim,
-        default_gains(config.altitude_breakpoints_m),
+        default_gains(config.altitude_breakpoints_m, **design),
         config.sampler(),
         config.success,
         config.objective,
@@ -54,7 +55,7 @@ def tune(config, *, scale_steps: float):
     )
     jax.block_until_ready(gains)
     wall = time.perf_counter() - start
-    train = config.optimizer
+    train = resolved(config.optimizer)
     flights = train.steps * train.batch_size
     if train.replay_every:
         flights += -(-train.steps // train.replay_every) * train.replay_pool
@@ -91,7 +92,8 @@ def main() -> None:
         "--variant",
         action="append",
         required=True,
-        help="NAME=override,override,... (empty: the configuration as it is)",
+        help="NAME=override,override,... (empty: the configuration as it is; design.X=V sets "
+        "the starting design's X, e.g. design.heavy_tail_weight=0)",
     )
     parser.add_argument("--common", default="", help="overrides for every variant")
     args = parser.parse_args()
@@ -113,9 +115,15 @@ def main() -> None:
     for spec in args.variant:
         name, _, overrides = spec.partition("=")
         overrides = common + [o for o in overrides.split(",") if o]
-        config = descent_opt.load_config(["+experiment=robust_gains", *overrides])
+        design = {
+            o.split("=")[0].removeprefix("design."): float(o.split("=")[1])
+            for o in overrides
+            if o.startswith("design.")
+        }
+        keys = [o for o in overrides if not o.startswith("design.")]
+        config = descent_opt.load_config(["+experiment=robust_gains", *keys])
         steps_per_flight = config.sim.n_steps
-        gains, history, wall, scenario_steps = tune(config, scale_steps=steps_per_flight)
+        gains, history, wall, scenario_steps = tune(config, design, scale_steps=steps_per_flight)
         (out / f"gains_{name}.json").write_text(json.dumps(gains_to_dict(gains, {}), indent=2))
         held = evaluate(config, gains, args.n_eval)
         clean = evaluate(config, gains, args.n_nominal, nominal=True)
