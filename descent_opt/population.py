@@ -57,8 +57,8 @@ DISPERSION_FIELDS = (
 )
 SPEED_EDGES_MPS = np.logspace(-2, 3, 101)  # touchdown-speed histogram bins
 N_PARAMETER_BINS = 12
-EXACT_LIMIT = 1_000_000
-MAX_MEMBER = 2**32 - 1  # members are drawn with fold_in of a 32-bit index  # percentiles are exact up to this many scenarios
+EXACT_LIMIT = 1_000_000  # percentiles are exact up to this many scenarios
+MAX_MEMBER = 2**32 - 1  # members are drawn with fold_in of a 32-bit index
 
 
 def _method(q: ExactOrSketch) -> str:
