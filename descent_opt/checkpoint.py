@@ -69,7 +69,8 @@ class Checkpoints:
         self.phases: dict[str, dict[str, np.ndarray]] = {}
         self.stop = threading.Event()
         self.signum: int | None = None
-        self.tuning = False
+        self.tuning = 0  # tuning phases running now (they may run side by side)
+        self._lock = threading.Lock()  # one phase's save at a time
 
     def load(self) -> bool:
         """Read the checkpoint of the run directory, if there is one; refuse one written
@@ -157,23 +158,26 @@ class Checkpoints:
             arrays[f"history/{name}"] = np.asarray(values, np.float64)
         if state.replay_worst is not None:
             arrays["replay_worst"] = np.asarray(state.replay_worst, np.int64)
-        self.phases[phase] = arrays
-        if not self.write:
-            return
-        flat = {f"{p}/{k}": v for p, entries in self.phases.items() for k, v in entries.items()}
-        flat["settings_json"] = np.asarray(json.dumps(self.settings, sort_keys=True))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        save_npz_atomic(self.path, flat)
+        with self._lock:
+            self.phases[phase] = arrays
+            if not self.write:
+                return
+            flat = {f"{p}/{k}": v for p, e in self.phases.items() for k, v in e.items()}
+            flat["settings_json"] = np.asarray(json.dumps(self.settings, sort_keys=True))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_npz_atomic(self.path, flat)
 
     @contextlib.contextmanager
     def tuning_phase(self) -> Iterator[None]:
         """While tuning, a signal is answered at the end of the current step (after saving);
         outside it, at once."""
-        self.tuning = True
+        with self._lock:
+            self.tuning += 1
         try:
             yield
         finally:
-            self.tuning = False
+            with self._lock:
+                self.tuning -= 1
 
     @contextlib.contextmanager
     def catch_signals(self) -> Iterator[None]:

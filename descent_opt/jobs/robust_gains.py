@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 import json
 import logging
 import time
@@ -179,9 +180,14 @@ def run(
                 on_step=on_step,
             )
 
-    # Same design, objective, budget and optimiser for both; only the sensors differ.
-    baseline, history_base = tune("baseline", nominal, k_base)
-    optimized, history_opt = tune("optimized", config.faults, k_robust)
+    # Same design, objective, budget and optimiser for both; only the sensors differ. The
+    # two tunings run side by side: a step's small kernels keep one CPU core busy, so two
+    # fill two cores (1.5x on the development machine); each gives the gains it gives alone.
+    with ThreadPoolExecutor(2) as pool:
+        base_run = pool.submit(tune, "baseline", nominal, k_base)
+        robust_run = pool.submit(tune, "optimized", config.faults, k_robust)
+        baseline, history_base = base_run.result()
+        optimized, history_opt = robust_run.result()
 
     gains = {"baseline": baseline, "optimized": optimized}
     held = {name: evaluate(config, g, progress=progress, name=name) for name, g in gains.items()}
