@@ -61,10 +61,14 @@ def test_sigterm_saves_and_stops_without_results(runs):
     lines = interrupted["stderr"].strip().splitlines()
     assert lines[-1].startswith("error: SIGTERM: stopped after step"), lines[-3:]
     assert "resume=true" in lines[-1]
-    step = int(interrupted["saved"]["baseline/step"])
+    saved = interrupted["saved"]
+    step = int(saved["baseline/step"])
     assert 4 <= step < STEPS  # stopped mid-tuning, not at a periodic save only
-    assert len(interrupted["saved"]["baseline/history/objective"]) == step
-    assert not any(k.startswith("optimized/") for k in interrupted["saved"])
+    assert len(saved["baseline/history/objective"]) == step
+    # the two tunings run side by side: the other one is saved as far as it got, and
+    # neither is reported as finished
+    if "optimized/step" in saved:
+        assert len(saved["optimized/history/objective"]) == int(saved["optimized/step"]) < STEPS
     assert "metrics.json" not in interrupted["files"]
     assert not any(name.startswith("gains") for name in interrupted["files"])
     assert not any(".tmp" in name for name in interrupted["files"])  # no half-written file

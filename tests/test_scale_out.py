@@ -115,7 +115,7 @@ class Compilations(logging.Handler):  # of the training step, one per layout exp
 logging.getLogger("jax").addHandler(Compilations())
 jax.config.update("jax_log_compiles", True)
 config = descent_opt.load_config(["optimizer.steps=3", "optimizer.batch_size=10",
-    "optimizer.warmup_steps=0",
+    "optimizer.warmup_steps=0", "optimizer.replay_pool=256", "optimizer.replay_worst=16",
     "sim.duration_s=60", "scenario.r0_m=[-50.0,0.0,1500.0]", "scenario.v0_mps=[0.0,0.0,-35.0]",
     "faults.acquisition_range_m=[700.0,1500.0]", "terrain=flat"])
 out = {"initial": [np.asarray(x).tolist()

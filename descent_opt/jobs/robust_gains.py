@@ -180,10 +180,13 @@ def run(
                 on_step=on_step,
             )
 
-    # Same design, objective, budget and optimiser for both; only the sensors differ. The
-    # two tunings run side by side: a step's small kernels keep one CPU core busy, so two
-    # fill two cores (1.5x on the development machine); each gives the gains it gives alone.
-    with ThreadPoolExecutor(2) as pool:
+    # Same design, objective, budget and optimiser for both; only the sensors differ. On one
+    # device the two tunings run side by side: a step's small kernels keep one CPU core
+    # busy, so two fill two cores (1.5x on the development machine); each gives the gains
+    # it gives alone. Over several devices each step is one program on all of them, and two
+    # such programs dispatched at once may queue in different orders on different devices
+    # and wait on each other's collectives: there they run one after the other.
+    with ThreadPoolExecutor(2 if len(jax.local_devices()) == 1 else 1) as pool:
         base_run = pool.submit(tune, "baseline", nominal, k_base)
         robust_run = pool.submit(tune, "optimized", config.faults, k_robust)
         baseline, history_base = base_run.result()

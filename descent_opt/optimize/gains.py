@@ -153,8 +153,16 @@ def population_risk(
         outcome = simulate(spec, gains, scenarios)
     else:
         dynamic, static = eqx.partition(spec, eqx.is_array)
+
+        def fly_share(d, g, s):
+            # Varying from the start: otherwise each use of the replicated settings and gains
+            # inside the time loop is cast to varying there, and reverse mode sums the
+            # devices' cotangents at every step of the loop instead of once at the end.
+            d, g = jax.lax.pcast((d, g), "scenario", to="varying")
+            return simulate(eqx.combine(d, static), g, s)
+
         outcome = jax.shard_map(
-            lambda d, g, s: simulate(eqx.combine(d, static), g, s),
+            fly_share,
             mesh=mesh,
             in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec("scenario")),
             out_specs=PartitionSpec("scenario"),
@@ -253,7 +261,10 @@ def riskiest_members(
 ) -> np.ndarray:
     """Indices of the ``worst`` members of the first ``pool`` of the population of ``key``
     with the largest smooth loss under ``gains`` (ties by index)."""
-    outcome = simulate(spec, gains, _draw_pool(sampler, key, pool))  # one share per core
+    # On the host first: gains replicated over several tuning devices would make each
+    # share a program over all of them, and shares run concurrently (one per core).
+    gains = jax.device_get(gains)
+    outcome = simulate(spec, gains, _draw_pool(sampler, key, pool))
     losses = np.asarray(_pool_losses(outcome, criteria, objective))
     order = np.lexsort((np.arange(pool), -np.nan_to_num(losses, nan=np.inf)))
     return np.sort(order[:worst])
