@@ -14,13 +14,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_compile_cache(tmp_path_factory):
-    """Command-line runs started by the tests share one persistent compilation cache, so a
-    program compiled by one run is loaded by the next (JAX in the test process itself was
-    imported at collection and is unaffected). Tests of the cache or of compiling without
-    it pass their own ``compile_cache_dir`` or remove the variable."""
+    """The tests' processes (every pytest-xdist worker and every command-line run they
+    start) share one persistent compilation cache, so a program compiled by one is loaded by
+    the next. Tests of the cache or of compiling without it pass their own
+    ``compile_cache_dir`` or remove the variable."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
+    path.mkdir(exist_ok=True)
     previous = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    compilation_cache.reset_cache()  # in case a program was compiled before it was set
     yield
+    jax.config.update("jax_compilation_cache_dir", previous)
+    compilation_cache.reset_cache()
     if previous is None:
         os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     else:
@@ -48,3 +58,14 @@ def tiny_main_job(tmp_path_factory):
     out = elsewhere / "out"
     proc = run_cli([*TINY, f"hydra.run.dir={out}"], cwd=elsewhere, env=env)
     return out, proc, site, elsewhere, env
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``) each test file runs on one worker, so its
+    module fixtures are built once; the files that share the small main job run on the
+    same worker, so it is flown once."""
+    shared = {"test_cli.py", "test_checkpoint.py"}
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("tiny_main_job" if name in shared else name))

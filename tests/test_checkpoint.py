@@ -20,6 +20,8 @@ from cli_runs import TINY, run_cli
 from descent_opt.checkpoint import CheckpointMismatch
 from descent_opt.export import load_gains
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 STEPS = 40
 assert f"optimizer.steps={STEPS}" in TINY and "checkpoint.every_steps=4" in TINY
 

@@ -49,10 +49,17 @@ BAD_MONTE_CARLO = [
 ]
 
 
+def _cases(experiment, cases):
+    """One case per job in the quick suite, the rest end to end (each starts the CLI)."""
+    return [
+        pytest.param(experiment, *case, marks=[pytest.mark.slow] if i else [])
+        for i, case in enumerate(cases)
+    ]
+
+
 @pytest.mark.parametrize(
     "experiment,override,key",
-    [("robust_gains", *case) for case in BAD_INPUTS]
-    + [("monte_carlo", *case) for case in BAD_MONTE_CARLO],
+    _cases("robust_gains", BAD_INPUTS) + _cases("monte_carlo", BAD_MONTE_CARLO),
 )
 def test_bad_input_is_one_line_and_leaves_no_result(tmp_path, experiment, override, key):
     out = tmp_path / "run"
@@ -72,6 +79,7 @@ def test_missing_experiment_is_reported(tmp_path):
     assert proc.stderr.strip().startswith("error: experiment:")
 
 
+@pytest.mark.slow
 def test_wheel_runs_main_job_from_another_directory(tiny_main_job):
     """conf/ ships inside the wheel and is found from any working directory; the job writes
     every output the public contract lists."""
@@ -119,6 +127,7 @@ def test_wheel_runs_main_job_from_another_directory(tiny_main_job):
     assert "Held-out population" in proc.stdout  # the summary table
 
 
+@pytest.mark.slow
 def test_python_api_matches_contract_without_hydra_app(tmp_path):
     """The library runs the same job from Python and writes the same files."""
     import descent_opt

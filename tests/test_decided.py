@@ -25,6 +25,8 @@ from descent_opt.simulate import (
     straggler_group_size,
 )
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 PLANNED = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=20.0)
 DECIDED = eqx.tree_at(lambda s: s.max_duration_s, PLANNED, 200.0, is_leaf=lambda x: x is None)
 N = 48  # more stragglers than one group (32): the groups run in several rounds

@@ -16,6 +16,8 @@ from descent_opt.guidance import default_gains
 from descent_opt.scenarios import ScenarioSpec, TerrainSpec, replace_member, sample_scenarios
 from descent_opt.simulate import SimSpec, simulate
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 SPEC = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=60.0)
 # Realistic faults and a crater field, so every random component is exercised.
 SCENARIO_SPEC = ScenarioSpec(

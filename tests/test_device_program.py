@@ -9,6 +9,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 SCRIPT = r"""
 import sys
 import jax, jax.numpy as jnp, numpy as np

@@ -100,6 +100,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_metrics_of_one(tmp_path):
     common = [
         "+experiment=monte_carlo",

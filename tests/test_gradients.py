@@ -13,6 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 from shared_models import SHORT_DESCENT, VEHICLE
 
@@ -90,6 +91,7 @@ def test_gradient_matches_central_differences_float64():
             np.testing.assert_allclose(numeric, analytic, rtol=1e-3, atol=1e-6 * g_norm)
 
 
+@pytest.mark.slow
 def test_gradient_finite_on_full_population_with_faults():
     """32 scenarios of the default dispersion from 5 km over a crater field with the shipped
     fault catalog, the configured 180 s horizon at dt 0.25, soft gate as in training; five
@@ -127,6 +129,7 @@ def test_gradient_finite_on_full_population_with_faults():
     assert float(ravel_pytree(grads)[0] @ ravel_pytree(grads)[0]) > 0.0
 
 
+@pytest.mark.slow
 def test_unrolled_and_compact_layouts_agree_float64():
     """The simulator's two layouts (crater slots and schedule segments as scalars, or as
     short vectors: see SimSpec.unrolled) fly the same function: 16 dispersed short descents

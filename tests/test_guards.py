@@ -23,6 +23,8 @@ from descent_opt.optimize import gains as tuning
 from descent_opt.scenarios import ScenarioSampler, TerrainSpec
 from descent_opt.simulate import SimSpec
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 
 def _tune(mass_initial_kg: float, steps: int):
     """A few tuning steps on short descents (a static setting of this module's own)."""

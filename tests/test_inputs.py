@@ -88,6 +88,7 @@ def test_valid_values_are_accepted(group, key, values):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({f"{g}.{k}": values for g, k, values in VALID}), st.booleans())
+@pytest.mark.slow
 def test_valid_configs_build_what_jobs_build_before_compiling(values, resume):
     """Every valid key at once: the configuration, the sampler, the first members of the
     held-out population, the starting gains and the tuning state all build, finite."""
@@ -154,6 +155,7 @@ def _bad_files(tmp_path) -> dict[str, tuple[str, str]]:
     return files
 
 
+@pytest.mark.slow
 def test_malformed_gain_files_fail_cleanly(tmp_path):
     for case, (path, words) in _bad_files(tmp_path).items():
         with pytest.raises(ValueError, match=words):

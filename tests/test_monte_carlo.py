@@ -18,6 +18,8 @@ from descent_opt.jobs import monte_carlo
 from descent_opt.population import _draw, flight_size, fly_members, fly_population, records_of
 from descent_opt.simulate import simulate
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 SMALL = ["evaluation.keep_failures=50"]
 OUTCOME_KEYS = (
     "touchdown_time_s",

@@ -37,6 +37,8 @@ from descent_opt.simulate import Outcome, SimSpec, simulate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
 import numpy_closed_loop as ncl  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 WARM_RAY_CAST = hasattr(SimSpec, "beam_iterations")  # the JAX side's warm-started ray cast
 
 # Noise-free sensors; the horizon is long enough for every member to land.

@@ -18,6 +18,8 @@ from cli_runs import run_cli
 
 from descent_opt.aggregate import aggregate, collect
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 MC = ["+experiment=monte_carlo", "evaluation.n_scenarios=13000", "progress=false"]
 
 

@@ -11,6 +11,8 @@ import pytest
 from descent_opt.dynamics import G0_MPS2, Vehicle
 from descent_opt.optimize.thrust_schedule import ScheduleProblem, ScheduleSpec, solve_schedules
 
+pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
+
 MEDITCH_FINAL_MASS = 0.3953  # normalised optimum (h0 = 1, v0 = -0.783, g = 1, T = 1.227, c = 2.349)
 
 

@@ -19,6 +19,7 @@ from descent_opt.scenarios import ScenarioSampler, TerrainSpec
 from descent_opt.simulate import SimSpec
 
 
+@pytest.mark.slow
 def test_training_step_traced_once_across_steps_and_catalogs(monkeypatch):
     """Count traces of the objective inside the jitted training step: the first call traces
     it once (not twice: weakly typed gains would be re-traced after Adam's first update),
@@ -81,6 +82,7 @@ def test_replay_minibatch_is_an_unbiased_estimate_of_the_pool():
     assert abs(np.mean(estimates) - losses.mean()) < 4 * se
 
 
+@pytest.mark.slow
 def test_failure_replay_resumes_bit_identically_and_frozen_gains_stay():
     """Failure replay draws half of each minibatch from the riskiest members of a pool
     flown forward every 2 steps; stopped after step 3 (mid-pool) and resumed from the saved
