@@ -63,9 +63,15 @@ def tiny_main_job(tmp_path_factory):
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``--dist loadgroup``) each test file runs on one worker, so its
-    module fixtures are built once; the files that share the small main job run on the
-    same worker, so it is flown once."""
-    shared = {"test_cli.py", "test_checkpoint.py"}
+    module fixtures are built once, and the tests that share the small main job run on one
+    worker, so it is flown once. The command-line tests of test_cli.py that do not need it
+    (each starts its own process) go to whichever worker is free."""
     for item in items:
         name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("tiny_main_job" if name in shared else name))
+        if "tiny_main_job" in item.fixturenames or name == "test_checkpoint.py":
+            group = "tiny_main_job"
+        elif name == "test_cli.py":
+            continue
+        else:
+            group = name
+        item.add_marker(pytest.mark.xdist_group(group))
