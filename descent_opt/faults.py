@@ -90,6 +90,20 @@ def late_acquisition(f: "Faults") -> Array:
     return f.acquisition_range_m < NEVER_LATE_M
 
 
+# Which scenarios carry each fault parameter (the others hold a placeholder value): the
+# scenarios binned by that parameter's value in the success-per-bin statistics.
+PARAMETER_CARRIERS: dict[str, Callable[["Faults"], Array]] = {
+    "acquisition_range_m": late_acquisition,
+    "latency_s": lambda f: f.latency_s > 0.0,
+    "dropout_prob": lambda f: f.dropout_prob > 0.0,
+    "heavy_tail_scale_m": lambda f: f.heavy_tail_scale_m > 0.0,
+    "rim_step_height_m": lambda f: f.rim_step_height_m > 0.0,
+    "rim_radius_m": lambda f: f.rim_step_height_m > 0.0,
+    "bias_m": lambda f: f.bias_m == f.bias_m,  # every unit
+    "scale_factor": lambda f: f.scale_factor == f.scale_factor,  # every unit
+}
+
+
 def sample_fault(
     catalog: FaultCatalog, *, key: PRNGKeyArray, no_acquisition_m: float = NEVER_LATE_M
 ) -> Faults:

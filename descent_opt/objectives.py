@@ -39,6 +39,7 @@ class ObjectiveSpec(eqx.Module):
 class LandingMetrics(eqx.Module):
     vertical_speed_mps: Float[Array, "*batch"]
     horizontal_speed_mps: Float[Array, "*batch"]
+    speed_mps: Float[Array, "*batch"]
     tilt_deg: Float[Array, "*batch"]
     fuel_kg: Float[Array, "*batch"]
     miss_distance_m: Float[Array, "*batch"]
@@ -65,6 +66,7 @@ def landing_metrics(outcome: Outcome, criteria: SuccessCriteria) -> LandingMetri
     return LandingMetrics(
         vertical_speed_mps=vz,
         horizontal_speed_mps=vh,
+        speed_mps=speed,
         tilt_deg=outcome.touchdown_tilt_deg,
         fuel_kg=outcome.fuel_kg,
         miss_distance_m=safe_norm(outcome.touchdown_position_m[..., :2]),

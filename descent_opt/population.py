@@ -5,9 +5,10 @@ the population of a key (member ``i`` a pure function of the key and ``i``, see
 :mod:`descent_opt.scenarios`) are drawn and flown one chunk at a time and folded into a
 :class:`Tally`: exact counts, percentiles exact up to a million values and from a mergeable
 relative-error sketch beyond (:mod:`descent_opt.statistics`), success per fault class and
-per bin of each fault parameter, touchdown-speed histograms and the worst failures. Memory
-does not grow with ``n`` unless per-scenario records are asked for. Tallies of disjoint
-index ranges merge, so a population can be split over processes.
+per bin of each fault parameter, touchdown-speed histograms and the worst failures. Unless
+per-scenario records are asked for, each piece is folded on the device that flew it
+(:mod:`descent_opt.device_statistics`) and memory does not grow with ``n``. Tallies of
+disjoint index ranges merge, so a population can be split over processes.
 
 :func:`fly_members` re-flies chosen members by index, with their per-step traces; their
 outcomes are bit-identical to the population run's.
@@ -25,10 +26,12 @@ import jax
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
+from descent_opt import device_statistics
 from descent_opt.certification import certify
 from descent_opt.device_program import DeviceProgram
+from descent_opt.device_statistics import COUNTS, QUANTITIES
 from descent_opt.distributed import allgather_objects, index_range
-from descent_opt.faults import FAULT_CLASSES, Faults, late_acquisition
+from descent_opt.faults import FAULT_CLASSES, PARAMETER_CARRIERS, Faults
 from descent_opt.guidance import Gains
 from descent_opt.objectives import LandingMetrics, SuccessCriteria, landing_metrics
 from descent_opt.parallel import default_workers, map_pieces
@@ -36,16 +39,6 @@ from descent_opt.scenarios import Scenario, ScenarioSampler
 from descent_opt.simulate import SimSpec, Trace, _simulate, simulate_traces
 from descent_opt.statistics import ExactOrSketch, clopper_pearson, clopper_pearson_lower
 
-# Per-scenario quantities whose percentiles are reported (descent-positive speeds).
-QUANTITIES = (
-    "fuel_kg",
-    "touchdown_time_s",
-    "touchdown_speed_mps",
-    "touchdown_vz_mps",
-    "touchdown_vh_mps",
-    "tilt_deg",
-    "miss_distance_m",
-)
 FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
 DISPERSION_FIELDS = (
     "position0_m",
@@ -72,23 +65,20 @@ def parameter_bins(sampler: ScenarioSampler) -> dict[str, tuple[np.ndarray, Call
     carry that fault; parameters whose range is a single value are left out."""
     c = jax.tree.map(np.asarray, sampler.catalog)
     spans = {
-        "acquisition_range_m": (c.acquisition_range_m, late_acquisition),
-        "latency_s": (c.latency_s, lambda f: f.latency_s > 0.0),
-        "dropout_prob": (c.dropout_prob, lambda f: f.dropout_prob > 0.0),
-        "heavy_tail_scale_m": (c.heavy_tail_scale_m, lambda f: f.heavy_tail_scale_m > 0.0),
-        "rim_step_height_m": (c.rim_step_height_m, lambda f: f.rim_step_height_m > 0.0),
-        "rim_radius_m": (c.rim_radius_m, lambda f: f.rim_step_height_m > 0.0),
-        "bias_m": ((-3.0 * c.bias_sigma_m, 3.0 * c.bias_sigma_m), lambda f: f.bias_m == f.bias_m),
-        "scale_factor": (
-            (1.0 - 3.0 * c.scale_factor_sigma, 1.0 + 3.0 * c.scale_factor_sigma),
-            lambda f: f.scale_factor == f.scale_factor,
-        ),
+        "acquisition_range_m": c.acquisition_range_m,
+        "latency_s": c.latency_s,
+        "dropout_prob": c.dropout_prob,
+        "heavy_tail_scale_m": c.heavy_tail_scale_m,
+        "rim_step_height_m": c.rim_step_height_m,
+        "rim_radius_m": c.rim_radius_m,
+        "bias_m": (-3.0 * c.bias_sigma_m, 3.0 * c.bias_sigma_m),
+        "scale_factor": (1.0 - 3.0 * c.scale_factor_sigma, 1.0 + 3.0 * c.scale_factor_sigma),
     }
     out = {}
-    for name, ((lo, hi), active) in spans.items():
+    for name, (lo, hi) in spans.items():
         lo, hi = float(lo), float(hi)
         if hi > lo:
-            out[name] = (np.linspace(lo, hi, N_PARAMETER_BINS + 1), active)
+            out[name] = (np.linspace(lo, hi, N_PARAMETER_BINS + 1), PARAMETER_CARRIERS[name])
     return out
 
 
@@ -180,6 +170,59 @@ class Tally:
                 worst = np.lexsort((kept["index"][failed], -kept["touchdown_speed_mps"][failed]))
                 failed = failed[worst[: self.keep_failures]]
             self.add_failures({k: v[failed] for k, v in kept.items()})
+
+    def add_folded(self, piece: dict, first: int, bins: dict[str, tuple]) -> None:
+        """Fold in a piece folded on its device (:func:`device_statistics.fold_piece`),
+        whose position ``p`` is member ``first + p``: the same tally as :meth:`add` of the
+        piece's records, bit for bit. Outside exact mode the quantities' sketch counts
+        arrive apart (:meth:`add_sketch_counts`)."""
+        for name, v in zip(COUNTS, piece["counts"]):
+            self.counts[name] += int(v)
+        diverged = piece["nonfinite_positions"][piece["nonfinite_ok"]]
+        if diverged.size:
+            self._note_nonfinite(first + diverged.astype(np.int64))
+        for i in (0, 1):
+            self.landable[i] += int(piece["landable"][i])
+        for k, name in enumerate(FAULT_CLASSES):
+            for i in (0, 1):
+                self.by_fault[name][i] += int(piece["by_fault"][k, i])
+                self.by_fault_landable[name][i] += int(piece["by_fault_landable"][k, i])
+        for name, (edges, _) in bins.items():
+            zeros = np.zeros(len(edges) - 1, np.int64)
+            entry = self.by_parameter.setdefault(
+                name, {"edges": edges, "n": zeros, "success": zeros.copy()}
+            )
+            entry["n"] += piece["parameters"][name][0]
+            entry["success"] += piece["parameters"][name][1]
+        for name, hist in self.speed_histograms.items():
+            hist += piece["histograms"][name]
+        if "values" in piece:
+            for name in QUANTITIES:
+                self.quantities[name].add(piece["values"][name][piece["kept"]])
+        ok = piece["failure_ok"]
+        if self.keep_failures and ok.any():
+            dispersion, faults, outcome, metrics = jax.tree.map(
+                lambda x: x[ok], piece["failure_rows"]
+            )
+            positions = piece["failure_positions"][ok].astype(np.int64)
+            self.add_failures(_records(first + positions, dispersion, faults, outcome, metrics))
+
+    def add_sketch_counts(self, counts, sums: dict, extremes: dict) -> None:
+        """Fold in the quantities' sketch counts gathered on a device, (positive, negative,
+        zero) per quantity, with their exact sums (:func:`statistics.fixed_point_sum`
+        units) and extremes (each ``(min, max)``) by name; percentiles come from the sketch
+        from here on."""
+        positive, negative, zero = counts
+        for k, name in enumerate(QUANTITIES):
+            low, high = extremes.get(name, (np.inf, -np.inf))
+            self.quantities[name].add_counts(
+                positive[k],
+                negative[k],
+                int(zero[k]),
+                sums.get(name, 0),
+                low,
+                high,
+            )
 
     def _note_nonfinite(self, indices) -> None:
         self.nonfinite_indices = sorted({*self.nonfinite_indices, *map(int, indices)})[:100]
@@ -332,6 +375,11 @@ class Tally:
         return out
 
 
+def _dispersion(scenarios: Scenario) -> tuple:
+    """The dispersed initial conditions, in the order of ``DISPERSION_FIELDS``."""
+    return tuple(getattr(scenarios, k) for k in DISPERSION_FIELDS)
+
+
 def records_of(
     indices: np.ndarray,
     scenarios: Scenario,
@@ -343,28 +391,22 @@ def records_of(
     ``metrics``: the outcome's :func:`landing_metrics` when already computed."""
     if metrics is None:
         metrics = landing_metrics(outcome, criteria)
+    return _records(indices, _dispersion(scenarios), scenarios.faults, outcome, metrics)
+
+
+def _records(indices, dispersion: tuple, faults: Faults, outcome, metrics) -> dict:
     m = jax.tree.map(np.asarray, metrics)
     o = jax.tree.map(np.asarray, outcome)
-    s = eqx.filter(
-        scenarios,
-        lambda x: eqx.is_array(x) and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key),
-    )
-    s = jax.tree.map(np.asarray, s)
-    records = {
+    return {
         "index": np.asarray(indices, np.int64),
-        "position0_m": s.position0_m,
-        "velocity0_mps": s.velocity0_mps,
-        "mass0_kg": s.mass0_kg,
-        "nav_position_error_m": s.nav_position_error_m,
-        "nav_velocity_error_mps": s.nav_velocity_error_mps,
-        "imu_bias_mps2": s.imu_bias_mps2,
-        **{k: getattr(s.faults, k) for k in FAULT_FIELDS},
+        **{k: np.asarray(v) for k, v in zip(DISPERSION_FIELDS, dispersion)},
+        **{k: np.asarray(getattr(faults, k)) for k in FAULT_FIELDS},
         "landed": o.landed,
         "exhausted": o.exhausted,
         "touchdown_time_s": o.touchdown_time_s,
         "touchdown_velocity_mps": o.touchdown_velocity_mps,
         "touchdown_position_m": o.touchdown_position_m,
-        "touchdown_speed_mps": np.linalg.norm(o.touchdown_velocity_mps, axis=-1),
+        "touchdown_speed_mps": m.speed_mps,
         "touchdown_vz_mps": m.vertical_speed_mps,
         "touchdown_vh_mps": m.horizontal_speed_mps,
         "tilt_deg": m.tilt_deg,
@@ -376,7 +418,6 @@ def records_of(
         "crash": m.crash,
         "success": m.success,
     }
-    return records
 
 
 @eqx.filter_jit
@@ -407,8 +448,9 @@ def flight_size() -> int:
 
 def default_chunk_size() -> int:
     """Scenarios drawn and folded into the statistics at a time: 16 flight pieces on the
-    CPU; one on accelerators, where folding a chunk into the statistics (on the host) takes
-    about as long as flying it, so the two overlap chunk by chunk."""
+    CPU; one on accelerators, where a piece is already large (and, when records are kept,
+    folding it on the host takes about as long as flying it, so the two overlap piece by
+    piece)."""
     return (16 if jax.default_backend() == "cpu" else 1) * flight_size()
 
 
@@ -419,14 +461,16 @@ def _fly_pieces(
     criteria: SuccessCriteria,
     key: PRNGKeyArray,
     pieces: list[np.ndarray],
-) -> dict[str, np.ndarray]:
-    """Records of the members listed in ``pieces`` (each ``flight_size()`` long), drawn and
-    flown piece by piece from threads: one piece per core at a time on a single CPU device,
-    one piece per device at a time when there are several local devices (piece ``k`` on
-    device ``k mod count``). Every piece runs the same single-device program: a program
-    partitioned over devices (SPMD) rounds differently in the last bit for a few percent of
-    members, which could flip a borderline landing; the program is compiled once and loaded
-    onto the other devices (:class:`DeviceProgram`)."""
+    finish: Callable | None = None,
+) -> list:
+    """Each piece of members listed in ``pieces`` (each ``flight_size()`` long) drawn and
+    flown from threads, and ``finish(device, indices, scenarios, outcome, metrics)`` of it
+    (default: its records), in order: one piece per core at a time on a single CPU
+    device, one piece per device at a time when there are several local devices (piece
+    ``k`` on device ``k mod count``). Every piece runs the same single-device program: a
+    program partitioned over devices (SPMD) rounds differently in the last bit for a few
+    percent of members, which could flip a borderline landing; the program is compiled once
+    and loaded onto the other devices (:class:`DeviceProgram`)."""
     spec = eqx.tree_at(lambda s: s.chunk_size, spec, len(pieces[0]), is_leaf=lambda x: x is None)
     devices = jax.local_devices()
 
@@ -437,11 +481,84 @@ def _fly_pieces(
         # other's on one device (measured: a quarter slower without).
         scenarios = jax.block_until_ready(_draw(sampler, key, np.asarray(indices, np.uint32)))
         outcome, metrics = jax.block_until_ready(_fly(device, spec, gains, scenarios, criteria))
-        return records_of(indices, scenarios, outcome, criteria, metrics)
+        if finish is None:
+            return records_of(indices, scenarios, outcome, criteria, metrics)
+        return finish(device, indices, scenarios, outcome, metrics)
 
     workers = len(devices) if len(devices) > 1 else default_workers()
-    parts = map_pieces(fly, list(enumerate(pieces)), workers)
+    return map_pieces(fly, list(enumerate(pieces)), workers)
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class _DeviceFold:
+    """Folds each flown piece on its device (:mod:`descent_opt.device_statistics`) and
+    the summaries into a :class:`Tally` on the host."""
+
+    def __init__(self, tally: Tally, bins: dict, planned_duration_s: float, end: int, exact: bool):
+        self.tally, self.bins, self.end = tally, bins, end
+        sketch = tally.quantities[QUANTITIES[0]].sketch
+        self.dtype = np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
+        self.tables = device_statistics.fold_tables(
+            sketch,
+            SPEED_EDGES_MPS,
+            {k: edges for k, (edges, _) in bins.items()},
+            planned_duration_s,
+            self.dtype,
+        )
+        self.spec = device_statistics.FoldSpec(
+            keep_failures=tally.keep_failures,
+            unlandable=tuple(tally.unlandable),
+            parameters=tuple(bins),
+            exact=exact,
+        )
+        self.sketches = device_statistics.SketchAccumulator(sketch.n_buckets)
+        self.sums = dict.fromkeys(QUANTITIES, 0)
+        self.extremes = {k: (np.inf, -np.inf) for k in QUANTITIES}
+
+    def __call__(self, device, indices, scenarios, outcome, metrics):
+        """The flight threads' ``finish``: (first member, its summary)."""
+        first = int(indices[0])
+        n_valid = int(np.clip(self.end - first, 0, len(indices)))
+        rows = (_dispersion(scenarios), scenarios.faults, outcome, metrics)
+        piece = device_statistics.fold_piece(
+            device, self.spec, self.tables, n_valid, rows, self.sketches
+        )
+        return first, n_valid, piece
+
+    def add(self, folded: list) -> int:
+        """Fold the pieces' summaries into the tally; the members counted."""
+        done = 0
+        for first, n_valid, piece in folded:
+            self.tally.add_folded(piece, first, self.bins)
+            if "sums" in piece:
+                for name in QUANTITIES:
+                    self.sums[name] += device_statistics.fixed_point_parts(
+                        piece["sums"][name], self.dtype
+                    )
+                    low, high = self.extremes[name]
+                    self.extremes[name] = (
+                        min(low, float(piece["min"][name])),
+                        max(high, float(piece["max"][name])),
+                    )
+            if "flushed" in piece:
+                self.tally.add_sketch_counts(piece["flushed"], {}, {})
+            done += n_valid
+        return done
+
+    def finish(self) -> None:
+        """Hand the sketch counts left on the devices, with the sums and extremes, to the
+        tally."""
+        if self.spec.exact:
+            return
+        q, n = len(QUANTITIES), self.sketches.n_buckets
+        total = [np.zeros((q, n), np.int64), np.zeros((q, n), np.int64), np.zeros(q, np.int64)]
+        for counts in self.sketches.drain():
+            for t, c in zip(total, counts):
+                t += c
+        self.tally.add_sketch_counts(total, self.sums, self.extremes)
 
 
 @dataclasses.dataclass
@@ -470,6 +587,8 @@ def fly_population(
     keep_records: bool = False,
     unlandable: tuple[str, ...] = (),
     progress: Callable[[int, Tally], None] | None = None,
+    fold_on_device: bool | None = None,
+    exact_limit: int = EXACT_LIMIT,
 ) -> PopulationResult:
     """Fly members ``start .. start+n-1`` of the population of ``key`` with ``gains``, about
     ``chunk_size`` at a time (default :func:`default_chunk_size`; rounded up to whole
@@ -477,7 +596,12 @@ def fly_population(
     piece reaches past the end and its extra members are dropped. ``unlandable``: fault
     classes certified apart (:mod:`descent_opt.certification`). Under ``jax.distributed``
     each process flies its own contiguous share of the members and every process returns
-    the whole population's tally (and records)."""
+    the whole population's tally (and records).
+
+    Each piece is folded into the statistics on the device that flew it
+    (``fold_on_device``, the default unless every record is kept) or from its records on
+    the host: the same tally bit for bit. Percentiles are exact up to ``exact_limit``
+    members and sketched beyond."""
     begin = time.perf_counter()
     processes = jax.process_count()
     total = n
@@ -489,15 +613,25 @@ def fly_population(
     bins = parameter_bins(sampler)
     tally = Tally(
         keep_failures=keep_failures,
+        exact_limit=exact_limit,
         unlandable=tuple(unlandable),
         planned_duration_s=spec.duration_s,
     )
     kept = []
     end = start + n
     done = reported = 0  # this process's members folded, and the share of ``total`` reported
+    if fold_on_device is None:
+        fold_on_device = not keep_records
+    device_fold = None
+    if fold_on_device:
+        device_fold = _DeviceFold(tally, bins, spec.duration_s, end, total <= exact_limit)
 
-    def fold(records: dict[str, np.ndarray]) -> None:
+    def fold(parts: list) -> None:
         nonlocal done
+        if device_fold is not None:
+            done += device_fold.add(parts)
+            return
+        records = _concatenate(parts)
         valid = records["index"] < end
         if not valid.all():
             records = {k: v[valid] for k, v in records.items()}
@@ -521,16 +655,18 @@ def fly_population(
     if progress is not None:
         progress(0, tally)  # starts the clock of a progress bar before the first compile
     # Each chunk is folded into the statistics on one background thread, in order and chunk
-    # by chunk as before, while the next chunk flies: on a GPU the folding takes longer
-    # than the flight.
+    # by chunk as before, while the next chunk flies: on a GPU the host fold of records takes
+    # longer than the flight (the device fold leaves only the summaries to add here).
     with ThreadPoolExecutor(1) as folder:
         folding = None
         for first in range(start, end, size):
             pieces = [np.arange(p, p + piece) for p in range(first, min(first + size, end), piece)]
-            records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
+            parts = _fly_pieces(spec, gains, sampler, criteria, key, pieces, device_fold)
             settle(folding)
-            folding = folder.submit(fold, records)
+            folding = folder.submit(fold, parts)
         settle(folding)
+    if device_fold is not None:
+        device_fold.finish()
     if processes > 1:
         parts = allgather_objects((tally, kept))
         tally = parts[0][0]
@@ -561,7 +697,7 @@ def fly_members(
     filler = (indices.max() + 1 + np.arange(-len(indices) % piece)) % (MAX_MEMBER + 1)
     padded = np.concatenate([indices, filler])
     pieces = [padded[p : p + piece] for p in range(0, len(padded), piece)]
-    records = _fly_pieces(spec, gains, sampler, criteria, key, pieces)
+    records = _concatenate(_fly_pieces(spec, gains, sampler, criteria, key, pieces))
     records = {k: v[: len(indices)] for k, v in records.items()}
     scenarios = _draw(sampler, key, indices.astype(np.uint32))
     _, traces = simulate_traces(spec, gains, scenarios)

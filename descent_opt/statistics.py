@@ -10,6 +10,9 @@ Pure NumPy/SciPy in float64; nothing here needs JAX.
   merge by adding bucket counts.
 * :class:`ExactOrSketch` gives exact percentiles while the sample is small enough to keep and
   falls back to the sketch beyond that.
+* :func:`fixed_point_sum` sums floating-point values exactly (an integer count of 2^-1074),
+  so a mean does not depend on how a population was cut into chunks, nor on where (host
+  or device) its parts were summed.
 """
 
 from __future__ import annotations
@@ -25,8 +28,13 @@ __all__ = [
     "QuantileSketch",
     "clopper_pearson",
     "clopper_pearson_lower",
+    "fixed_point_sum",
     "quantile_rank",
 ]
+
+# Sums are kept as integers in units of 2^-FIXED_POINT_BITS, the smallest float64 step:
+# every finite float32 or float64 value is such an integer, so the sum is exact.
+FIXED_POINT_BITS = 1074
 
 
 def _check_counts(successes: int, n: int, confidence: float) -> tuple[int, int, float]:
@@ -88,6 +96,31 @@ def quantile_rank(q: float, count: int) -> int:
     return min(int(math.ceil(qf * (count - 1))), count - 1)
 
 
+def fixed_point_sum(values: np.ndarray) -> int:
+    """Exact sum of finite float values as an integer in units of ``2**-FIXED_POINT_BITS``.
+
+    Each value is sign x integer mantissa x 2^exponent (its IEEE bits); mantissas are summed
+    in 18-bit parts per exponent (exact in the float64 accumulator of ``np.bincount`` for
+    fewer than 2^35 values) and shifted into place as Python integers. The result does not
+    depend on the order of the values."""
+    x = np.ascontiguousarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        return 0
+    bits = x.view(np.uint64)
+    exponent = ((bits >> np.uint64(52)) & np.uint64(0x7FF)).astype(np.int64)
+    mantissa = bits & np.uint64((1 << 52) - 1)
+    mantissa |= (exponent > 0).astype(np.uint64) << np.uint64(52)
+    group = np.maximum(exponent, 1)  # value = mantissa * 2^(group - 1075)
+    sign = np.where(bits >> np.uint64(63), -1.0, 1.0)
+    total = 0
+    for shift in (0, 18, 36):
+        part = ((mantissa >> np.uint64(shift)) & np.uint64((1 << 18) - 1)).astype(np.float64)
+        sums = np.bincount(group, weights=sign * part, minlength=2048)
+        for g in np.flatnonzero(sums):
+            total += int(sums[g]) << int(g - 1 + shift)
+    return total
+
+
 def _as_finite_array(values: Any) -> np.ndarray:
     """Flatten ``values`` to a 1-D float array, rejecting NaN and infinities."""
     arr = np.asarray(values)
@@ -143,11 +176,13 @@ class QuantileSketch:
         self._log_gamma = math.log1p(a) - math.log1p(-a)  # log(gamma) without cancellation
         self._offset = math.ceil(math.log(lo) / self._log_gamma)  # key of the smallest bucket
         n_buckets = math.ceil(math.log(hi) / self._log_gamma) - self._offset + 1
+        # Bucket ``pos`` holds gamma**(key - 1) < |x| <= gamma**key, key = pos + offset.
+        self._upper = np.exp((np.arange(n_buckets) + self._offset) * self._log_gamma)
         self._positive = np.zeros(n_buckets, dtype=np.int64)
         self._negative = np.zeros(n_buckets, dtype=np.int64)
         self._zero = 0
         self._count = 0
-        self._sum = 0.0
+        self._sum_fixed = 0  # exact, in units of 2^-FIXED_POINT_BITS
         self._min = math.inf
         self._max = -math.inf
 
@@ -173,11 +208,16 @@ class QuantileSketch:
     def _layout(self) -> tuple[float, float, float]:
         return self._accuracy, self._min_magnitude, self._max_magnitude
 
+    @property
+    def upper_bounds(self) -> np.ndarray:
+        """Upper edge of each bucket (float64, increasing): a magnitude goes to the first
+        bucket whose edge is not below it, the last one if none is."""
+        return self._upper
+
     def _bucket_index(self, magnitudes: np.ndarray) -> np.ndarray:
         """Array positions for magnitudes >= min_magnitude; above max_magnitude clamps."""
-        keys = np.ceil(np.log(magnitudes) / self._log_gamma)
-        pos = keys.astype(np.int64) - self._offset
-        return np.clip(pos, 0, self.n_buckets - 1, out=pos)
+        pos = np.searchsorted(self._upper, magnitudes, side="left")
+        return np.minimum(pos, self.n_buckets - 1, out=pos)
 
     def _representative(self, pos: int) -> float:
         """Value reported for array position ``pos``: 2 gamma**i / (gamma + 1)."""
@@ -192,7 +232,8 @@ class QuantileSketch:
 
     @property
     def sum(self) -> float:
-        return self._sum
+        """The exact sum, rounded once to float64."""
+        return self._sum_fixed / (1 << FIXED_POINT_BITS)
 
     @property
     def min(self) -> float:
@@ -206,7 +247,8 @@ class QuantileSketch:
 
     @property
     def mean(self) -> float:
-        return self._sum / self._count if self._count else math.nan
+        """The exact mean, rounded once to float64 (NaN when empty)."""
+        return self._sum_fixed / (self._count << FIXED_POINT_BITS) if self._count else math.nan
 
     # -- updates ----------------------------------------------------------------------------
 
@@ -230,9 +272,35 @@ class QuantileSketch:
             self._negative += np.bincount(idx, minlength=n_buckets)
         self._zero += int(x.size - np.count_nonzero(big))
         self._count += int(x.size)
-        self._sum += float(np.sum(x))
+        self._sum_fixed += fixed_point_sum(x)
         self._min = min(self._min, float(x.min()))
         self._max = max(self._max, float(x.max()))
+
+    def add_counts(
+        self,
+        positive: np.ndarray,
+        negative: np.ndarray,
+        zero: int,
+        sum_fixed: int,
+        minimum: float,
+        maximum: float,
+    ) -> None:
+        """Add values already bucketed elsewhere (on a device) in this layout: the counts
+        per bucket of each sign (``n_buckets`` each), the zero bucket's count, the exact
+        sum (:func:`fixed_point_sum` units) and the extremes of the values (+inf and -inf
+        when there are none)."""
+        positive = np.asarray(positive, np.int64)
+        negative = np.asarray(negative, np.int64)
+        if positive.shape != (self.n_buckets,) or negative.shape != (self.n_buckets,):
+            raise ValueError(f"bucket counts must have shape ({self.n_buckets},)")
+        count = int(positive.sum() + negative.sum()) + int(zero)
+        self._positive += positive
+        self._negative += negative
+        self._zero += int(zero)
+        self._count += count
+        self._sum_fixed += int(sum_fixed)
+        self._min = min(self._min, float(minimum))
+        self._max = max(self._max, float(maximum))
 
     def merge(self, other: QuantileSketch) -> None:
         """Add ``other``'s contents to this sketch in place; layouts must be identical."""
@@ -247,7 +315,7 @@ class QuantileSketch:
         self._negative += other._negative
         self._zero += other._zero
         self._count += other._count
-        self._sum += other._sum
+        self._sum_fixed += other._sum_fixed
         self._min = min(self._min, other._min)
         self._max = max(self._max, other._max)
 
@@ -290,7 +358,8 @@ class QuantileSketch:
         """JSON-able state: layout, exact summaries and the nonzero buckets.
 
         Buckets are stored as lists of bucket keys ``i`` (``gamma**(i-1) < |x| <= gamma**i``)
-        and their counts; ``min``/``max`` are None for an empty sketch.
+        and their counts; ``min``/``max`` are None for an empty sketch; ``sum_fixed`` is the
+        exact sum (a decimal integer string, units of 2^-1074) and ``sum`` its float.
         """
 
         def nonzero(counts: np.ndarray) -> dict[str, list[int]]:
@@ -305,7 +374,8 @@ class QuantileSketch:
             "min_magnitude": self._min_magnitude,
             "max_magnitude": self._max_magnitude,
             "count": self._count,
-            "sum": self._sum,
+            "sum": self.sum,
+            "sum_fixed": str(self._sum_fixed),
             "min": self._min if self._count else None,
             "max": self._max if self._count else None,
             "zero_count": self._zero,
@@ -334,7 +404,11 @@ class QuantileSketch:
             sketch._zero + int(sketch._positive.sum()) + int(sketch._negative.sum())
         ):
             raise ValueError("count does not equal the sum of the bucket counts")
-        sketch._sum = float(data["sum"])
+        if "sum_fixed" in data:
+            sketch._sum_fixed = int(data["sum_fixed"])
+        else:  # written before sums were exact: the float sum, exactly as an integer
+            numerator, denominator = float(data["sum"]).as_integer_ratio()
+            sketch._sum_fixed = (numerator << FIXED_POINT_BITS) // denominator
         if sketch._count:
             sketch._min = float(data["min"])
             sketch._max = float(data["max"])
@@ -396,6 +470,12 @@ class ExactOrSketch:
         elif arr.size:
             keep = arr if arr.dtype in (np.float32, np.float64) else arr.astype(np.float64)
             self._buffer.append(keep.copy())
+
+    def add_counts(self, *args, **kwargs) -> None:
+        """Add values bucketed elsewhere (:meth:`QuantileSketch.add_counts`); their raw
+        values are not known, so quantiles come from the sketch from here on."""
+        self.sketch.add_counts(*args, **kwargs)
+        self._buffer = None
 
     def merge(self, other: ExactOrSketch) -> None:
         """Add ``other`` in place; stays exact only if both are exact and the combined count is

@@ -6,6 +6,7 @@ equal those of the whole population at once."""
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,14 @@ import descent_opt
 from descent_opt.faults import late_acquisition
 from descent_opt.guidance import default_gains
 from descent_opt.jobs import monte_carlo
-from descent_opt.population import _draw, flight_size, fly_members, fly_population, records_of
+from descent_opt.population import (
+    EXACT_LIMIT,
+    _draw,
+    flight_size,
+    fly_members,
+    fly_population,
+    records_of,
+)
 from descent_opt.simulate import simulate
 
 pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
@@ -34,7 +42,7 @@ OUTCOME_KEYS = (
 )
 
 
-def _fly(config, n, chunk_size, *, start=0, progress=None):
+def _fly(config, n, chunk_size, *, start=0, progress=None, **options):
     return fly_population(
         config.sim,
         default_gains(config.altitude_breakpoints_m),
@@ -47,6 +55,7 @@ def _fly(config, n, chunk_size, *, start=0, progress=None):
         keep_failures=config.evaluation.keep_failures,
         keep_records=True,
         progress=progress,
+        **options,
     )
 
 
@@ -121,7 +130,8 @@ def test_streamed_statistics_equal_whole_population(runs):
     assert s["success_rate"] == r["success"].mean()
     assert s["crash_rate"] == r["crash"].mean()
     assert s["timeout_rate"] == (~r["landed"] & ~r["exhausted"]).mean()
-    assert s["fuel_kg_mean"] == pytest.approx(r["fuel_kg"].astype(float).mean(), rel=1e-9)
+    exact_sum = sum(Fraction(float(v)) for v in r["fuel_kg"])
+    assert s["fuel_kg_mean"] == float(exact_sum / r["fuel_kg"].size)  # correctly rounded
     assert s["fuel_kg_p99"] == pytest.approx(np.percentile(r["fuel_kg"], 99), rel=1e-6)
     assert s["touchdown_vz_mps_max"] == r["touchdown_vz_mps"].max()
     assert s["touchdown_vz_mps_p99"] == pytest.approx(np.percentile(r["touchdown_vz_mps"], 99))
@@ -165,11 +175,23 @@ def test_chunks_folded_while_the_next_flies_equal_one_chunk(config):
     for k, v in whole.records.items():
         np.testing.assert_array_equal(chunked.records[k], v, err_msg=k)
     assert chunked.tally.failure_list() == whole.tally.failure_list()
-    a, b = chunked.tally.summary(), whole.tally.summary()
-    assert a["fuel_kg_mean"] == pytest.approx(b["fuel_kg_mean"], rel=1e-12)
-    assert {k: v for k, v in a.items() if k != "fuel_kg_mean"} == {
-        k: v for k, v in b.items() if k != "fuel_kg_mean"
-    }
+    assert chunked.tally.summary() == whole.tally.summary()  # means too: sums are exact
+
+
+@pytest.mark.parametrize("exact_limit", [EXACT_LIMIT, 3000], ids=["exact", "sketch"])
+def test_device_fold_equals_host_fold_of_a_flown_population(config, runs, exact_limit):
+    """Folded on the device that flew them or from their records on the host, the same
+    members give the same tally bit for bit, percentiles exact or sketched."""
+    host = runs["n5000"]
+    if exact_limit != EXACT_LIMIT:
+        host = _fly(config, 5000, None, exact_limit=exact_limit, fold_on_device=False)
+    device = _fly(config, 5000, None, exact_limit=exact_limit, fold_on_device=True)
+    assert device.records is None  # nothing but the statistics came back
+    assert device.tally.quantities["fuel_kg"].method == host.tally.quantities["fuel_kg"].method
+    assert device.tally.summary() == host.tally.summary()
+    assert device.tally.failure_list() == host.tally.failure_list()
+    for name, hist in host.tally.speed_histograms.items():
+        np.testing.assert_array_equal(device.tally.speed_histograms[name], hist)
 
 
 # Each configuration key of a dispersion or fault, how to read it back from the scenarios
