@@ -13,8 +13,8 @@ Writes ``DIR/accelerator.json``. Measures, each in a fresh process through the c
 and, in this process, the steady-state rate (programs already compiled) of
 ``population.fly_population`` at ``--n`` scenarios for several flight-piece sizes and
 numbers of threads feeding the device, and the time of each stage of one piece (draw,
-flight, transfer to the host, statistics), to check the settings the library uses on this
-backend. ``--skip-jobs`` measures only these.
+flight, transfer to the host and statistics on the host, or statistics folded on the
+device), to check the settings the library uses on this backend. ``--skip-jobs`` measures only these.
 """
 
 from __future__ import annotations
@@ -112,9 +112,21 @@ def steady_state(n: int, pieces: list[int], workers: list[int], repeats: int) ->
         t2 = time.perf_counter()
         records = population.records_of(indices, scenarios, outcome, criteria, metrics)
         t3 = time.perf_counter()
-        population.Tally().add(records, population.parameter_bins(sampler))
+        bins = population.parameter_bins(sampler)
+        population.Tally().add(records, bins)
         t4 = time.perf_counter()
-        stages = {"draw_s": t1 - t0, "fly_s": t2 - t1, "records_s": t3 - t2, "tally_s": t4 - t3}
+        # What fly_population does without records: fold on the device (sketch mode).
+        fold = population._DeviceFold(population.Tally(), bins, spec.duration_s, piece, False)
+        fold.add([fold(device, indices, scenarios, outcome, metrics)])
+        fold.finish()
+        t5 = time.perf_counter()
+        stages = {
+            "draw_s": t1 - t0,
+            "fly_s": t2 - t1,
+            "records_s": t3 - t2,
+            "tally_s": t4 - t3,
+            "device_fold_s": t5 - t4,
+        }
     out["stages_of_one_piece"] = {"piece": piece, **stages}
     print(json.dumps(out, indent=1), flush=True)
     out["backend"] = jax.default_backend()
