@@ -38,9 +38,19 @@ NAV_GAINS = (
     "gate_sigma",
     "reacquire_after_s",
     "heavy_tail_weight",
+    "noise_adapt_rate",
+    "lrf_noise_start_m",
+    "sigma_floor_ratio",
+    "terminal_noise_ratio",
 )
-# Written by every table since it was added; older tables lack it and flew without it.
-NAV_GAINS_ADDED = {"heavy_tail_weight": 0.0}
+# Written by every table since they were added; older tables lack them and flew without them.
+NAV_GAINS_ADDED = {
+    "heavy_tail_weight": 0.0,
+    "noise_adapt_rate": 0.0,
+    "lrf_noise_start_m": 0.0,
+    "sigma_floor_ratio": 0.0,
+    "terminal_noise_ratio": 0.0,
+}
 
 
 class GuidanceSpec(eqx.Module):
@@ -72,13 +82,21 @@ def default_gains(
     terminal_height_m: float = 30.0,
     terminal_slope_per_s: float = 0.08,
     heavy_tail_weight: float = 0.05,
+    noise_adapt_rate: float = 0.05,
+    lrf_noise_start_m: float = 40.0,
+    sigma_floor_ratio: float = 0.4,
+    terminal_noise_ratio: float = 1.5,
 ) -> Gains:
     """A hand-made starting design for nominal sensors: a slow terminal segment (descent
     rate ``v_td + c h`` up to ``terminal_height_m``, tolerant of altitude error) below
     constant-acceleration braking ``sqrt(2 a (h - terminal_height_m))``; classical ZEM/ZEV
     gains (velocity nulling only near the ground); a 1-sigma altitude margin; no contingency
     (its envelope equals the nominal one); readings weighted as Student-t with 19 degrees of
-    freedom (``heavy_tail_weight`` 0.05: nearly Gaussian)."""
+    freedom (``heavy_tail_weight`` 0.05: nearly Gaussian); a filter that learns the LRF's
+    noise level from its innovations (``noise_adapt_rate``), starting from a conservative
+    40 m, floors its altitude sigma at 0.4 of that level and flies the last 1.5 levels of
+    estimated altitude on the IMU (:mod:`descent_opt.navigation`: what keeps it honest over
+    dark terrain)."""
     h = jnp.asarray(np.asarray(altitude_breakpoints_m, dtype=float))
     rate = (
         touchdown_rate_mps
@@ -101,6 +119,10 @@ def default_gains(
             gate_sigma=jnp.asarray(4.0, dtype=float),
             reacquire_after_s=jnp.asarray(3.0, dtype=float),
             heavy_tail_weight=jnp.asarray(heavy_tail_weight, dtype=float),
+            noise_adapt_rate=jnp.asarray(noise_adapt_rate, dtype=float),
+            lrf_noise_start_m=jnp.asarray(lrf_noise_start_m, dtype=float),
+            sigma_floor_ratio=jnp.asarray(sigma_floor_ratio, dtype=float),
+            terminal_noise_ratio=jnp.asarray(terminal_noise_ratio, dtype=float),
         ),
     )
 

@@ -10,6 +10,32 @@ Heavy-tailed ranges: a reading inside the gate is weighted down by its innovatio
 Student-t measurement would be (``heavy_tail_weight``), so an outlier that passes the gate
 moves the estimate less than a Gaussian filter would let it.
 
+Dark terrain (IM-2): ranges scattered by a Student-t tail of up to 20 m. A filter that
+keeps assuming the nominal noise collapses its altitude sigma to 1-2 m on the first wild
+readings and stays there on a 10-20 m error; its gate and down-weighting, centred on the
+wrong estimate, turn away the readings that would correct it, and guidance, trusting the
+estimate, reaches the ground still on the fast part of the envelope. Four gains (all 0 in
+tables written before them: the fixed-noise filter) keep it honest:
+
+- ``noise_adapt_rate``: the noise level is learnt from the innovations (covariance matching:
+  the mean absolute innovation with the state's share taken out, scaled by
+  ``sqrt(R / (P + R))``, as a Gaussian-equivalent 1-sigma) and the filter uses the larger of
+  that and ``lrf_noise_m``. Every usable reading counts, accepted or not (a gate that chose
+  its own evidence would only confirm itself), each clipped at the gate so that one wild
+  range moves the level by a bounded step.
+- ``lrf_noise_start_m``: the level before any reading; a conservative start keeps the first
+  readings, possibly wild, from collapsing the sigma of a 300 m prior in one step.
+- ``sigma_floor_ratio``: the altitude sigma never falls below this fraction of the level.
+  The LRF's errors that do not average out (scale factor, latency, relief under the beam)
+  make ``sqrt(R / N)`` too optimistic over a noisy altimeter and the filter too slow to
+  follow them.
+- ``terminal_noise_ratio``: once converged (sigma under the level), below this many levels
+  of estimated altitude the ranges are held off and the filter flies on the IMU. Near the
+  ground a noisy LRF's readings are censored (no range below zero comes back), so those that
+  do are biased high by a good part of the noise: fused, they lift the estimate by tens of
+  metres in the last seconds. A clean altimeter's level is a few metres: it is held off only
+  for the last few.
+
 Rejection policy: the gate rejects a reading whose normalised innovation exceeds
 ``gate_sigma``. When valid readings have been rejected continuously for longer than
 ``reacquire_after_s`` the filter either re-acquires (resets altitude to the LRF reading and
@@ -43,6 +69,26 @@ class NavParams(eqx.Module):
     # 1 / (1 + w max(d^2 - 1, 0)); 0 is the plain Kalman update, 1 / (nu + 1) the weight of
     # a Student-t reading with nu degrees of freedom (IM-2's dark-terrain ranges).
     heavy_tail_weight: Float[Array, ""]
+    # Adaptive measurement noise: weight of each usable reading in the running estimate of the
+    # LRF's noise level (an exponential average); 0: the noise is ``lrf_noise_m`` throughout.
+    noise_adapt_rate: Float[Array, ""] = 0.0
+    # The noise level the estimate starts from, before any reading (0: ``lrf_noise_m``). A
+    # conservative start keeps the first readings, possibly wild, from collapsing the
+    # altitude uncertainty of a filter that does not yet know how noisy its altimeter is.
+    lrf_noise_start_m: Float[Array, ""] = 0.0
+    # Floor of the altitude sigma as a fraction of the noise level seen: the LRF's errors
+    # that do not average out (scale factor, latency, relief under the beam) make a
+    # Gaussian filter's sqrt(R / N) too optimistic over a noisy altimeter; 0: no floor.
+    sigma_floor_ratio: Float[Array, ""] = 0.0
+    # Terminal phase: below this many noise levels (seen) of estimated altitude the ranges
+    # are no longer fused and the filter flies on the IMU. Near the ground a noisy LRF's
+    # readings are censored (no range below zero comes back), so the ones that do come back
+    # are biased high, by metres per reading over dark terrain; 0: ranges fused to the end.
+    terminal_noise_ratio: Float[Array, ""] = 0.0
+
+
+# A zero-mean Gaussian's standard deviation over its mean absolute value: sqrt(pi / 2).
+ABS_TO_SIGMA = 1.2533141373155001
 
 
 class NavState(eqx.Module):
@@ -60,6 +106,7 @@ class NavState(eqx.Module):
     cov_bb: Scalar
     since_accept_s: Scalar  # time since the last accepted LRF reading
     rejecting_s: Scalar  # length of the current run of rejected valid readings
+    noise_scale_m: Scalar  # LRF noise level learnt from the innovations, 1-sigma
     lrf_disabled: Bool[Array, "*batch"]
 
     @property
@@ -82,8 +129,10 @@ def initial_nav(
     altitude_sigma_m: float,
     vertical_velocity_sigma_mps: float,
     bias_sigma_mps2: float,
+    lrf_noise_start_m: Scalar = 0.0,
 ) -> NavState:
-    """Filter at the start of the descent, from orbit determination and the site map."""
+    """Filter at the start of the descent, from orbit determination and the site map, with
+    its estimate of the LRF's noise at ``lrf_noise_start_m``."""
     position = components(position_estimate_m)
     zero = jnp.zeros_like(position[2])
     return NavState(
@@ -98,6 +147,7 @@ def initial_nav(
         cov_bb=zero + bias_sigma_mps2**2,
         since_accept_s=zero + 1e6,
         rejecting_s=zero,
+        noise_scale_m=zero + lrf_noise_start_m,
         lrf_disabled=jnp.zeros(zero.shape, bool),
     )
 
@@ -145,6 +195,21 @@ def predict(
     )  # fmt: skip
 
 
+def measurement_noise_m(nav: NavState, params: NavParams) -> Scalar:
+    """The LRF noise (1-sigma) the filter uses: ``lrf_noise_m``, or the noise it has seen in
+    its innovations when that is larger."""
+    return jnp.maximum(params.lrf_noise_m, nav.noise_scale_m)
+
+
+def terminal(nav: NavState, params: NavParams) -> Bool[Array, "*batch"]:
+    """Whether the filter is in its terminal phase (ranges no longer fused): below
+    ``terminal_noise_ratio`` noise levels of estimated altitude, once converged."""
+    # Only once the ranges have brought the altitude sigma under the noise level: a filter
+    # still on its prior (a late or absent LRF) has not got an altitude to hold on to.
+    converged = nav.altitude_sigma_m < nav.noise_scale_m
+    return converged & (nav.position_m[2] < params.terminal_noise_ratio * nav.noise_scale_m)
+
+
 def update(
     nav: NavState,
     altitude_measured_m: Scalar,
@@ -159,11 +224,21 @@ def update(
     With ``gate_softness > 0`` the correction is weighted by a sigmoid of the gate margin
     (in squared sigmas) so that gradients see the gate; the bookkeeping of the policy always
     uses the hard decision."""
-    usable = valid & ~nav.lrf_disabled
-    variance = params.lrf_noise_m**2
+    held_off = valid & terminal(nav, params)
+    usable = valid & ~nav.lrf_disabled & ~held_off
+    noise = measurement_noise_m(nav, params)
+    variance = noise**2
     innovation = altitude_measured_m - nav.position_m[2]
     s = nav.cov_hh + variance
     d2 = innovation**2 / s
+    # Noise seen in this reading: its innovation less the state's share (a Gaussian
+    # innovation of variance s scaled by sqrt(R / s) has the noise's own spread), clipped at
+    # the gate, as a 1-sigma.
+    seen = ABS_TO_SIGMA * jnp.minimum(
+        jnp.abs(innovation) * jnp.sqrt(variance / s), params.gate_sigma * noise
+    )
+    rate = params.noise_adapt_rate * usable
+    noise_scale = nav.noise_scale_m + rate * (seen - nav.noise_scale_m)
     margin = params.gate_sigma**2 - d2
     accepted = usable & (margin > 0.0)
     if gate_softness > 0.0:
@@ -183,6 +258,9 @@ def update(
         nav.cov_vb - ws * hv * hb,
         nav.cov_bb - ws * hb * hb,
     )
+
+    floor = (params.sigma_floor_ratio * noise_scale) ** 2
+    cov = (jnp.maximum(cov[0], floor),) + cov[1:]
 
     rejected = usable & ~accepted
     rejecting = jnp.where(
@@ -214,8 +292,10 @@ def update(
         cov_vv=cov[3],
         cov_vb=cov[4],
         cov_bb=cov[5],
-        since_accept_s=jnp.where(accepted, 0.0, nav.since_accept_s),
+        # A range held off in the terminal phase shows the LRF alive: not a silent altimeter.
+        since_accept_s=jnp.where(accepted | held_off, 0.0, nav.since_accept_s),
         rejecting_s=rejecting,
+        noise_scale_m=noise_scale,
         lrf_disabled=disabled,
     )
     return new, accepted

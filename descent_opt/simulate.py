@@ -140,6 +140,7 @@ class Trace(eqx.Module):
     height_m: Float[Array, " t"]
     altitude_m: Float[Array, " t"]
     altitude_estimate_m: Float[Array, " t"]
+    altitude_sigma_m: Float[Array, " t"]  # the filter's 1-sigma altitude uncertainty
     vertical_speed_mps: Float[Array, " t"]
     vertical_speed_estimate_mps: Float[Array, " t"]
     horizontal_speed_mps: Float[Array, " t"]
@@ -209,6 +210,7 @@ def _initial_carry(spec: SimSpec, schedule: Schedule, flight: _Flight) -> _Carry
         spec.nav_altitude_sigma_m,
         spec.nav_velocity_sigma_mps,
         spec.nav_bias_sigma_mps2,
+        schedule.gains.nav.lrf_noise_start_m,
     )
     x, y, z = lander.position_m
     height = z - terrain_lib.height_m(flight.terrain, (x, y))
@@ -277,6 +279,9 @@ def _step(
         index * dt * spec.lrf.rate_hz
     )
     lrf_altitude = measured * axis[2]
+    # Readings the filter holds off in its terminal phase are not ignored: they end a run of
+    # ignored readings as an accepted one does.
+    held_off = valid & sample_due & navigation.terminal(nav, gains.nav)
     nav, accepted = navigation.update(
         nav,
         lrf_altitude,
@@ -315,7 +320,7 @@ def _step(
             carry.landed | ~(valid & sample_due),
             carry.ignoring_since_s,
             jnp.where(
-                accepted,
+                accepted | held_off,
                 -1.0,
                 jnp.where(carry.ignoring_since_s < 0.0, (index + 1) * dt, carry.ignoring_since_s),
             ),
@@ -327,6 +332,7 @@ def _step(
         height_m=new_carry.height_m,
         altitude_m=after.position_m[2],
         altitude_estimate_m=nav.position_m[2],
+        altitude_sigma_m=nav.altitude_sigma_m,
         vertical_speed_mps=after.velocity_mps[2],
         vertical_speed_estimate_mps=nav.velocity_mps[2],
         horizontal_speed_mps=dynamics.hypot(*after.velocity_mps[:2]),

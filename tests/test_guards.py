@@ -44,7 +44,7 @@ def _tune(mass_initial_kg: float, steps: int):
 
 def test_nonfinite_objective_stops_tuning_at_its_step():
     # A start mass that is not a number makes every flight, and so the objective, NaN.
-    with pytest.raises(tuning.NonFiniteTraining, match="step 0: objective nan, 71 of the 72"):
+    with pytest.raises(tuning.NonFiniteTraining, match="step 0: objective nan, 73 of the 76"):
         _tune(np.nan, steps=2)  # the next test's program
 
 

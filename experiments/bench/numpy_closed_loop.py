@@ -49,6 +49,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+ABS_TO_SIGMA = math.sqrt(math.pi / 2.0)  # Gaussian: sigma over mean absolute value
+
 G0_MPS2 = 9.80665
 
 OUTCOME_FIELDS = (
@@ -110,6 +112,10 @@ class Model:
     nav_gate_sigma: float
     nav_reacquire_after_s: float
     nav_heavy_tail_weight: float
+    nav_noise_adapt_rate: float
+    nav_lrf_noise_start_m: float
+    nav_sigma_floor_ratio: float
+    nav_terminal_noise_ratio: float
     nav_altitude_sigma_m: float
     nav_velocity_sigma_mps: float
     nav_bias_sigma_mps2: float
@@ -187,6 +193,10 @@ def model_from_spec(spec, gains, *, beam_iterations: int | None = None) -> Model
         nav_gate_sigma=f(gains.nav.gate_sigma),
         nav_reacquire_after_s=f(gains.nav.reacquire_after_s),
         nav_heavy_tail_weight=f(gains.nav.heavy_tail_weight),
+        nav_noise_adapt_rate=f(gains.nav.noise_adapt_rate),
+        nav_lrf_noise_start_m=f(gains.nav.lrf_noise_start_m),
+        nav_sigma_floor_ratio=f(gains.nav.sigma_floor_ratio),
+        nav_terminal_noise_ratio=f(gains.nav.terminal_noise_ratio),
         nav_altitude_sigma_m=f(spec.nav_altitude_sigma_m),
         nav_velocity_sigma_mps=f(spec.nav_velocity_sigma_mps),
         nav_bias_sigma_mps2=f(spec.nav_bias_sigma_mps2),
@@ -463,6 +473,7 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
     since_accept = np.full(n, 1e6, dtype)
     rejecting = np.zeros(n, dtype)
     lrf_disabled = np.zeros(n, bool)
+    noise_scale = np.full(n, m.nav_lrf_noise_start_m, dtype)  # LRF noise seen, 1-sigma
 
     # Touchdown bookkeeping.
     ground = terrain.height(px, py, np.empty(n, dtype))
@@ -485,7 +496,6 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
     dry_limit = m.mass_dry_kg + 1e-3
     q = m.nav_accel_noise_mps2**2
     s0, s1 = 0.5 * dt * dt, dt  # process-noise shaping (altitude, vertical velocity)
-    r_var = m.nav_lrf_noise_m**2
     gate2 = m.nav_gate_sigma**2
     if m.reject_policy not in ("reacquire", "latch"):
         raise ValueError(f"reject_policy: {m.reject_policy!r} is not reacquire or latch")
@@ -683,9 +693,19 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
         )
         if due:
             altitude_measured = measured * az
-            usable = valid & ~lrf_disabled
+            # Terminal phase: converged and below terminal_noise_ratio noise levels.
+            held_off = valid & (np.sqrt(np.maximum(p00, 0.0)) < noise_scale)
+            held_off &= ez < m.nav_terminal_noise_ratio * noise_scale
+            usable = valid & ~lrf_disabled & ~held_off
+            noise = np.maximum(dtype.type(m.nav_lrf_noise_m), noise_scale)
+            r_var = noise * noise
             innovation = altitude_measured - ez
             s_total = p00 + r_var
+            seen = ABS_TO_SIGMA * np.minimum(
+                np.abs(innovation) * np.sqrt(r_var / s_total), m.nav_gate_sigma * noise
+            )
+            noise_scale = noise_scale + m.nav_noise_adapt_rate * usable * (seen - noise_scale)
+            noise_scale = noise_scale.astype(dtype, copy=False)
             margin = gate2 - innovation * innovation / s_total
             accepted = usable & (margin > 0.0)
             if m.gate_softness > 0.0:
@@ -706,6 +726,7 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
             n11 = p11 - ws * p01 * p01
             n12 = p12 - ws * p01 * p02
             n22 = p22 - ws * p02 * p02
+            n00 = np.maximum(n00, (m.nav_sigma_floor_ratio * noise_scale) ** 2)
             rejected = usable & ~accepted
             rejecting = np.where(rejected, rejecting + dt, np.where(accepted, 0.0, rejecting))
             rejecting = rejecting.astype(dtype, copy=False)
@@ -726,7 +747,7 @@ def _flight(model: Model, s: dict, *, seed, dtype) -> dict[str, np.ndarray]:
             evz += corr_vz
             ebias += corr_b
             p00, p01, p02, p11, p12, p22 = n00, n01, n02, n11, n12, n22
-            np.copyto(since_accept, 0.0, where=accepted)
+            np.copyto(since_accept, 0.0, where=accepted | held_off)
         else:
             accepted = np.zeros(n, bool)
 
