@@ -14,7 +14,8 @@ and, in this process, the steady-state rate (programs already compiled) of
 ``population.fly_population`` at ``--n`` scenarios for several flight-piece sizes and
 numbers of threads feeding the device, and the time of each stage of one piece (draw,
 flight, transfer to the host and statistics on the host, or statistics folded on the
-device), to check the settings the library uses on this backend. ``--skip-jobs`` measures only these.
+device), to check the settings the library uses on this backend. ``--skip-jobs`` measures
+only these.
 """
 
 from __future__ import annotations
