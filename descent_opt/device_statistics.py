@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from descent_opt.device_program import DeviceProgram
-from descent_opt.faults import FAULT_CLASSES, PARAMETER_CARRIERS
+from descent_opt.faults import FAULT_CLASSES, FAULT_PARAMETERS
 from descent_opt.statistics import FIXED_POINT_BITS, QuantileSketch
 
 # Per-scenario quantities whose percentiles are reported (descent-positive speeds).
@@ -226,7 +226,7 @@ def _fold_piece(spec: FoldSpec, tables: FoldTables, n_valid, rows, sketch):
     tally = lambda mask: jnp.stack([total(mask), total(mask & success)])  # noqa: E731
     parameters = {}
     for name, edges in zip(spec.parameters, tables.parameter_edges):
-        carrier = PARAMETER_CARRIERS[name](faults) & valid
+        carrier = FAULT_PARAMETERS[name][1](faults) & valid
         value = _order_key(getattr(faults, name))
         where = jnp.clip(
             jnp.searchsorted(_order_key(edges), value, side="right") - 1, 0, edges.size - 2

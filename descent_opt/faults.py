@@ -90,17 +90,26 @@ def late_acquisition(f: "Faults") -> Array:
     return f.acquisition_range_m < NEVER_LATE_M
 
 
-# Which scenarios carry each fault parameter (the others hold a placeholder value): the
-# scenarios binned by that parameter's value in the success-per-bin statistics.
-PARAMETER_CARRIERS: dict[str, Callable[["Faults"], Array]] = {
-    "acquisition_range_m": late_acquisition,
-    "latency_s": lambda f: f.latency_s > 0.0,
-    "dropout_prob": lambda f: f.dropout_prob > 0.0,
-    "heavy_tail_scale_m": lambda f: f.heavy_tail_scale_m > 0.0,
-    "rim_step_height_m": lambda f: f.rim_step_height_m > 0.0,
-    "rim_radius_m": lambda f: f.rim_step_height_m > 0.0,
-    "bias_m": lambda f: f.bias_m == f.bias_m,  # every unit
-    "scale_factor": lambda f: f.scale_factor == f.scale_factor,  # every unit
+def every_unit(f: "Faults") -> Array:
+    """Every unit (bias and scale-factor errors are drawn for all)."""
+    return f.bias_m == f.bias_m
+
+
+# Each fault parameter: the range its values are binned over in the success-per-bin
+# statistics (from the catalog), and which scenarios carry it (the others hold a placeholder
+# value: 0, or NEVER_LATE_M for the acquisition range).
+FAULT_PARAMETERS: dict[str, tuple[Callable[[FaultCatalog], tuple], Callable]] = {
+    "acquisition_range_m": (lambda c: c.acquisition_range_m, late_acquisition),
+    "latency_s": (lambda c: c.latency_s, FAULT_CLASSES["latency"]),
+    "dropout_prob": (lambda c: c.dropout_prob, FAULT_CLASSES["dropouts"]),
+    "heavy_tail_scale_m": (lambda c: c.heavy_tail_scale_m, FAULT_CLASSES["dark_terrain"]),
+    "rim_step_height_m": (lambda c: c.rim_step_height_m, FAULT_CLASSES["rim_step"]),
+    "rim_radius_m": (lambda c: c.rim_radius_m, FAULT_CLASSES["rim_step"]),
+    "bias_m": (lambda c: (-3.0 * c.bias_sigma_m, 3.0 * c.bias_sigma_m), every_unit),
+    "scale_factor": (
+        lambda c: (1.0 - 3.0 * c.scale_factor_sigma, 1.0 + 3.0 * c.scale_factor_sigma),
+        every_unit,
+    ),
 }
 
 

@@ -140,16 +140,6 @@ def _tgo_table(rate_mps: Float[Array, " k"], breakpoints_m: Float[Array, " k"]):
     return jnp.concatenate([jnp.zeros(1, dh.dtype), jnp.cumsum(dh / logmean)]), v[-1]
 
 
-def time_to_go_s(
-    rate_mps: Float[Array, " k"], breakpoints_m: Float[Array, " k"], height_m: Float[Array, ""]
-) -> Float[Array, ""]:
-    """Time to descend from ``height_m`` to the ground following a piecewise-linear descent
-    rate envelope exactly."""
-    cumulative, top_rate = _tgo_table(rate_mps, breakpoints_m)
-    beyond = jnp.maximum(height_m - breakpoints_m[-1], 0.0) / top_rate
-    return jnp.interp(height_m, breakpoints_m, cumulative) + beyond
-
-
 class _Column(eqx.Module):
     """A piecewise-linear schedule as its value at the first breakpoint and its slope on each
     segment: ``f(h) = start + sum_i slope_i clip(h - b_i, 0, b_i+1 - b_i)``, constant
@@ -282,19 +272,6 @@ def scheduled(schedule: Schedule, spec: GuidanceSpec, nav: NavState) -> Schedule
         zev_gain=columns["zev_gain"].value(ramps),
         contingency=contingency,
     )
-
-
-def thrust_command(
-    schedule: Schedule,
-    spec: GuidanceSpec,
-    vehicle: Vehicle,
-    nav: NavState,
-    mass_kg: Scalar,
-    gravity_mps2: float,
-) -> Vec3:
-    """Commanded thrust vector (N) from the navigation estimate (``schedule``: the gains
-    prepared by :func:`prepare`)."""
-    return command_from(scheduled(schedule, spec, nav), vehicle, nav, mass_kg, gravity_mps2)
 
 
 def command_from(

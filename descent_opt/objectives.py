@@ -1,6 +1,6 @@
 """Landing metrics, success rules, smooth per-scenario penalties and population risk.
 
-Evaluation uses the hard rules (:func:`landing_metrics`, :func:`summarize`); optimisation uses
+Evaluation uses the hard rules (:func:`landing_metrics`); optimisation uses
 smooth penalties with the same limits (:func:`scenario_loss`) and a risk measure over the
 population: mean plus CVaR of the per-scenario loss, plus a propellant weight.
 """
@@ -157,21 +157,3 @@ def risk(
         mean = jnp.sum(weights * losses)
     total = mean + spec.cvar_weight * tail + spec.fuel_weight * fuel
     return total, {"loss_mean": mean, "loss_cvar": tail, "fuel_fraction": fuel}
-
-
-def summarize(metrics: LandingMetrics) -> dict:
-    """Headline numbers of a population (the keys of the public metrics contract first)."""
-    as_np = jax.tree.map(np.asarray, metrics)
-    return {
-        "success_rate": float(np.mean(as_np.success)),
-        "fuel_kg_mean": float(np.mean(as_np.fuel_kg)),
-        "touchdown_vz_mps_p99": float(np.percentile(as_np.vertical_speed_mps, 99)),
-        "touchdown_vh_mps_p99": float(np.percentile(as_np.horizontal_speed_mps, 99)),
-        "n_scenarios": int(as_np.success.shape[0]),
-        "crash_rate": float(np.mean(as_np.crash)),
-        "exhausted_rate": float(np.mean(as_np.exhausted)),
-        "landed_rate": float(np.mean(as_np.landed)),
-        "touchdown_vz_mps_median": float(np.median(as_np.vertical_speed_mps)),
-        "tilt_deg_p99": float(np.percentile(as_np.tilt_deg, 99)),
-        "miss_distance_m_p99": float(np.percentile(as_np.miss_distance_m, 99)),
-    }

@@ -31,7 +31,7 @@ from descent_opt.certification import certify
 from descent_opt.device_program import DeviceProgram
 from descent_opt.device_statistics import COUNTS, QUANTITIES
 from descent_opt.distributed import allgather_objects, index_range
-from descent_opt.faults import FAULT_CLASSES, PARAMETER_CARRIERS, Faults
+from descent_opt.faults import FAULT_CLASSES, FAULT_PARAMETERS, Faults
 from descent_opt.guidance import Gains
 from descent_opt.objectives import LandingMetrics, SuccessCriteria, landing_metrics
 from descent_opt.parallel import default_workers, map_pieces
@@ -63,22 +63,12 @@ def _method(q: ExactOrSketch) -> str:
 def parameter_bins(sampler: ScenarioSampler) -> dict[str, tuple[np.ndarray, Callable]]:
     """Bin edges of each fault parameter (over its configured range) and which scenarios
     carry that fault; parameters whose range is a single value are left out."""
-    c = jax.tree.map(np.asarray, sampler.catalog)
-    spans = {
-        "acquisition_range_m": c.acquisition_range_m,
-        "latency_s": c.latency_s,
-        "dropout_prob": c.dropout_prob,
-        "heavy_tail_scale_m": c.heavy_tail_scale_m,
-        "rim_step_height_m": c.rim_step_height_m,
-        "rim_radius_m": c.rim_radius_m,
-        "bias_m": (-3.0 * c.bias_sigma_m, 3.0 * c.bias_sigma_m),
-        "scale_factor": (1.0 - 3.0 * c.scale_factor_sigma, 1.0 + 3.0 * c.scale_factor_sigma),
-    }
+    catalog = jax.tree.map(np.asarray, sampler.catalog)
     out = {}
-    for name, (lo, hi) in spans.items():
-        lo, hi = float(lo), float(hi)
+    for name, (span, carrier) in FAULT_PARAMETERS.items():
+        lo, hi = (float(x) for x in span(catalog))
         if hi > lo:
-            out[name] = (np.linspace(lo, hi, N_PARAMETER_BINS + 1), PARAMETER_CARRIERS[name])
+            out[name] = (np.linspace(lo, hi, N_PARAMETER_BINS + 1), carrier)
     return out
 
 

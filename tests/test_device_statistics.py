@@ -19,7 +19,7 @@ import pytest
 import descent_opt
 from descent_opt import population as P
 from descent_opt.device_statistics import fixed_point_parts
-from descent_opt.faults import Faults
+from descent_opt.faults import NEVER_LATE_M, Faults
 from descent_opt.objectives import LandingMetrics
 from descent_opt.simulate import Outcome
 from descent_opt.statistics import FIXED_POINT_BITS, QuantileSketch, fixed_point_sum
@@ -71,7 +71,7 @@ def _rows(rng, n, bins, dtype=np.float32):
             faults[name] = boolean(0.05)
         elif name in bins:
             value = _neighbours(bins[name][0], dtype, rng, n)
-            value[boolean(0.3)] = 0.0 if name != "acquisition_range_m" else 1e9
+            value[boolean(0.3)] = 0.0 if name != "acquisition_range_m" else NEVER_LATE_M
             faults[name] = value
         else:
             faults[name] = f(rng.normal(size=n))

@@ -39,7 +39,6 @@ import numpy_closed_loop as ncl  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
 
-WARM_RAY_CAST = hasattr(SimSpec, "beam_iterations")  # the JAX side's warm-started ray cast
 
 # Noise-free sensors; the horizon is long enough for every member to land.
 QUIET = dict(
@@ -103,10 +102,6 @@ def test_noise_free_descent_over_flat_ground_matches_jax():
     _assert_same_landings(reference, ours)
 
 
-@pytest.mark.skipif(
-    not WARM_RAY_CAST,
-    reason="the JAX simulator does not warm-start its ray cast yet (no SimSpec.beam_iterations)",
-)
 def test_noise_free_descent_over_crater_field_matches_jax():
     spec = SimSpec(**QUIET)
     reference, ours, population_np = _fly_both(spec, OFFSET_DESCENT, DENSE_FIELD)

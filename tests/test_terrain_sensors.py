@@ -13,7 +13,7 @@ import pytest
 
 from descent_opt import dynamics, sensors
 from descent_opt import terrain as terrain_lib
-from descent_opt.faults import FaultCatalog, sample_faults
+from descent_opt.faults import NEVER_LATE_M, FaultCatalog, late_acquisition, sample_faults
 from descent_opt.noise import sample_step_noise
 from descent_opt.scenarios import TerrainSpec, base_terrain
 
@@ -213,7 +213,7 @@ def _lrf(
     true_range,
     spec=QUIET,
     *,
-    acquisition=1e9,
+    acquisition=NEVER_LATE_M,
     bias=0.0,
     scale=1.0,
     tail=0.0,
@@ -240,8 +240,8 @@ def _lrf(
     [
         (2500.0, 2000.0, False),
         (1999.0, 2000.0, True),
-        (2999.0, 1e9, True),
-        (3000.5, 1e9, False),
+        (2999.0, NEVER_LATE_M, True),
+        (3000.5, NEVER_LATE_M, False),
         (2999.0, 3500.0, True),
         (3100.0, 3500.0, False),
     ],
@@ -322,10 +322,10 @@ def test_fault_rates_and_ranges(faults):
     occurring parameter inside its range with the uniform mean, and the non-occurring value
     the documented neutral one."""
     c = CATALOG
-    late = faults.acquisition_range_m < 1e9
+    late = late_acquisition(faults)
     _check_rate(late, c.late_acquisition_rate)
     _check_uniform(faults.acquisition_range_m[late], c.acquisition_range_m)
-    assert np.all(faults.acquisition_range_m[~late] == np.float32(1e9))
+    assert np.all(faults.acquisition_range_m[~late] == np.float32(NEVER_LATE_M))
 
     for values, rate, bounds in (
         (faults.latency_s, c.latency_rate, c.latency_s),
