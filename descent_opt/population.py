@@ -509,7 +509,11 @@ class _DeviceFold:
         self.extremes = {k: (np.inf, -np.inf) for k in QUANTITIES}
 
     def __call__(self, device, indices, scenarios, outcome, metrics):
-        """The flight threads' ``finish``: (first member, its summary)."""
+        """The flight threads' ``finish``: (first member, its summary). CPU devices share
+        the host's memory: their pieces are all folded by the first one's program (one
+        compilation, not one per device)."""
+        if device.platform == "cpu":
+            device = jax.local_devices(backend="cpu")[0]
         first = int(indices[0])
         n_valid = int(np.clip(self.end - first, 0, len(indices)))
         rows = (_dispersion(scenarios), scenarios.faults, outcome, metrics)
