@@ -26,7 +26,10 @@ STEPS = 40
 assert f"optimizer.steps={STEPS}" in TINY and "checkpoint.every_steps=4" in TINY
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: this module's tests share an xdist worker with other users of the tiny
+# main job, and pytest rebuilds a module-scoped fixture each time the order comes back to
+# the module (two interrupted-and-resumed runs instead of one).
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory, tiny_main_job):
     root = tmp_path_factory.mktemp("checkpoint")
     whole, done = tiny_main_job[:2]  # the same settings, never interrupted
