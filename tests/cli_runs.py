@@ -3,6 +3,7 @@ the command line."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -44,3 +45,35 @@ RESULT_FILES = (
     "metrics.json", "gains.json", "gains.csv", "gains.h", "scenarios.npz", "traces.npz",
     "touchdown_speed.png", "success_vs_faults.png",
 )  # fmt: skip
+
+
+CALLS = """
+import contextlib, io, json, sys
+from descent_opt import cli
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main(argv)
+            status = 0
+        except SystemExit as end:
+            status = end.code
+    results.append([status, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_cli_calls(*argvs, cwd=None):
+    """(status, stdout, stderr) of each command line, run one after another in one fresh
+    process: many short command lines (bad input, Hydra's flags) without a Python and JAX
+    start each. Hydra configures logging in the process it runs in, hence not this one."""
+    proc = subprocess.run(
+        [sys.executable, "-c", CALLS, json.dumps([list(a) for a in argvs])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -75,3 +75,15 @@ def pytest_collection_modifyitems(config, items):
         else:
             group = name
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """Stops the run when pytest-xdist's groups did not reach the node ids (pytest 9.2 with
+    pytest-xdist 3.8): each test would then be scheduled alone, and each worker would build
+    the module fixtures and the small main job again, a silent doubling of the suite time."""
+    if node.config.getvalue("dist") == "loadgroup" and ids and not any("@" in i for i in ids):
+        pytest.exit(
+            f"pytest-xdist did not group the tests (pytest {pytest.__version__}): install the "
+            "test extras with -c constraints.txt",
+            returncode=4,
+        )

@@ -68,7 +68,9 @@ def test_sigterm_saves_and_stops_without_results(runs):
     assert "resume=true" in lines[-1]
     saved = interrupted["saved"]
     step = int(saved["baseline/step"])
-    assert 4 <= step < STEPS  # stopped mid-tuning, not at a periodic save only
+    # stopped mid-tuning and saved where it stopped: the file appears at the first periodic
+    # save of either tuning, so the baseline may be short of its own first one
+    assert 1 <= step < STEPS
     assert len(saved["baseline/history/objective"]) == step
     # the two tunings run side by side (one device): the other one stops at the end of its
     # current step and is saved as far as it got, unfinished

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_runs import RESULT_FILES, TINY, run_cli
+from cli_runs import RESULT_FILES, TINY, run_cli, run_cli_calls
 
 BAD_INPUTS = [
     ("vehicle.mass_dry_kg=600", "vehicle.mass_dry_kg"),
@@ -49,28 +49,40 @@ BAD_MONTE_CARLO = [
 ]
 
 
-def _cases(experiment, cases):
-    """One case per job in the quick suite, the rest end to end (each starts the CLI)."""
-    return [
-        pytest.param(experiment, *case, marks=[pytest.mark.slow] if i else [])
-        for i, case in enumerate(cases)
-    ]
+def _check_refused(status, stderr, stdout, key, out):
+    assert status == 2
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"error: {key}"), lines[0]
+    assert "Traceback" not in stderr + stdout
+    for name in RESULT_FILES:
+        assert not (out / name).exists()
 
 
 @pytest.mark.parametrize(
     "experiment,override,key",
-    _cases("robust_gains", BAD_INPUTS) + _cases("monte_carlo", BAD_MONTE_CARLO),
+    [("robust_gains", *BAD_INPUTS[0]), ("monte_carlo", *BAD_MONTE_CARLO[0])],
 )
 def test_bad_input_is_one_line_and_leaves_no_result(tmp_path, experiment, override, key):
+    """As a user meets it: a process of its own."""
     out = tmp_path / "run"
     proc = run_cli([f"+experiment={experiment}", override, f"hydra.run.dir={out}"], cwd=tmp_path)
-    assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"error: {key}"), lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for name in RESULT_FILES:
-        assert not (out / name).exists()
+    _check_refused(proc.returncode, proc.stderr, proc.stdout, key, out)
+
+
+@pytest.mark.slow
+def test_every_bad_input_is_one_line_and_leaves_no_result(tmp_path):
+    """Every case of both jobs, one command line after another in one process."""
+    cases = [("robust_gains", *c) for c in BAD_INPUTS] + [
+        ("monte_carlo", *c) for c in BAD_MONTE_CARLO
+    ]
+    runs = [tmp_path / f"run{i}" for i in range(len(cases))]
+    results = run_cli_calls(
+        *[[f"+experiment={e}", o, f"hydra.run.dir={r}"] for (e, o, _), r in zip(cases, runs)],
+        cwd=tmp_path,
+    )
+    for (status, stdout, stderr), (_, override, key), out in zip(results, cases, runs):
+        _check_refused(status, stderr, stdout, key, out)
 
 
 def test_missing_experiment_is_reported(tmp_path):
@@ -128,8 +140,9 @@ def test_wheel_runs_main_job_from_another_directory(tiny_main_job):
 
 
 @pytest.mark.slow
-def test_python_api_matches_contract_without_hydra_app(tmp_path):
-    """The library runs the same job from Python and writes the same files."""
+def test_python_api_matches_contract_without_hydra_app(tmp_path, tiny_main_job):
+    """The library runs the same job from Python and writes the same files (after the
+    command line's run of it, whose programs it loads from the shared compilation cache)."""
     import descent_opt
 
     config = descent_opt.load_config([o for o in TINY if not o.startswith("+experiment")])
