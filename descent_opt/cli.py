@@ -196,11 +196,40 @@ def run(cfg) -> None:
     print(f"\nOutputs in {out_dir}")
 
 
+def _overrides_to_check(argv: list[str]) -> list[str] | None:
+    """The overrides of a single run, read as Hydra reads its command line (``--cfg job``,
+    ``--package sim``, ``--info`` and the other flags keep their values); None when there is
+    nothing to pre-check: a sweep (its values are lists), or help and completion, which
+    Hydra answers without composing."""
+    import argparse
+
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return None  # Hydra's own parser reports it as Hydra documents
+    modes = [m for m in ("run", "multirun", "cfg", "info", "shell_completion") if getattr(args, m)]
+    if len(modes) > 1:  # Hydra refuses these together, with a traceback
+        shown = ", ".join("--" + m.replace("_", "-") for m in modes)
+        hint = (
+            ": --cfg shows one run's configuration; drop -m and give one value per swept key"
+            if args.multirun and args.cfg
+            else ""
+        )
+        fail(f"{shown}: at most one of them may be given{hint}")
+    if unknown or args.multirun or args.help or args.hydra_help or args.shell_completion:
+        return None
+    return list(args.overrides)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    if not multirun:
-        _precheck([a for a in argv if not a.startswith("-")])
+    overrides = _overrides_to_check(argv)
+    if overrides is not None:
+        _precheck(overrides)
     import hydra
 
     sys.argv = [sys.argv[0], *argv]
