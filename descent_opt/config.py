@@ -27,6 +27,13 @@ from descent_opt.sensors import ImuSpec, LrfSpec
 from descent_opt.simulate import SimSpec, decided_horizon_s
 
 EXPERIMENTS = JOBS
+# The library's defaults, which a key missing from the mapping takes.
+_FAULTS, _SUCCESS, _OBJECTIVE, _TRAIN = (
+    FaultCatalog(),
+    SuccessCriteria(),
+    ObjectiveSpec(),
+    TrainSpec(),
+)
 PRECISIONS = ("float32", "float64")
 
 
@@ -404,20 +411,22 @@ def from_mapping(cfg: Mapping) -> RunConfig:
     f.raw("name", "custom")
     rate = lambda k, d: f.number(k, d, lo=0.0, hi=1.0)  # noqa: E731
     faults = FaultCatalog(
-        late_acquisition_rate=rate("late_acquisition_rate", 1.0),
-        acquisition_range_m=_range(f, "acquisition_range_m", (700.0, 3000.0), lo=1.0),
-        latency_rate=rate("latency_rate", 0.3),
-        latency_s=_range(f, "latency_s", (0.05, 0.3), hi=5.0),
-        dropout_rate=rate("dropout_rate", 0.2),
-        dropout_prob=_range(f, "dropout_prob", (0.1, 0.6), hi=1.0),
-        bias_sigma_m=f.number("bias_sigma_m", 3.0, lo=0.0),
-        scale_factor_sigma=f.number("scale_factor_sigma", 0.005, lo=0.0, hi=0.2),
-        dark_terrain_rate=rate("dark_terrain_rate", 0.1),
-        heavy_tail_scale_m=_range(f, "heavy_tail_scale_m", (3.0, 20.0)),
-        absent_rate=rate("absent_rate", 0.002),
-        rim_step_rate=rate("rim_step_rate", 0.1),
-        rim_step_height_m=_range(f, "rim_step_height_m", (100.0, 800.0)),
-        rim_radius_m=_range(f, "rim_radius_m", (150.0, 700.0), lo=1.0),
+        late_acquisition_rate=rate("late_acquisition_rate", _FAULTS.late_acquisition_rate),
+        acquisition_range_m=_range(f, "acquisition_range_m", _FAULTS.acquisition_range_m, lo=1.0),
+        latency_rate=rate("latency_rate", _FAULTS.latency_rate),
+        latency_s=_range(f, "latency_s", _FAULTS.latency_s, hi=5.0),
+        dropout_rate=rate("dropout_rate", _FAULTS.dropout_rate),
+        dropout_prob=_range(f, "dropout_prob", _FAULTS.dropout_prob, hi=1.0),
+        bias_sigma_m=f.number("bias_sigma_m", _FAULTS.bias_sigma_m, lo=0.0),
+        scale_factor_sigma=f.number(
+            "scale_factor_sigma", _FAULTS.scale_factor_sigma, lo=0.0, hi=0.2
+        ),
+        dark_terrain_rate=rate("dark_terrain_rate", _FAULTS.dark_terrain_rate),
+        heavy_tail_scale_m=_range(f, "heavy_tail_scale_m", _FAULTS.heavy_tail_scale_m),
+        absent_rate=rate("absent_rate", _FAULTS.absent_rate),
+        rim_step_rate=rate("rim_step_rate", _FAULTS.rim_step_rate),
+        rim_step_height_m=_range(f, "rim_step_height_m", _FAULTS.rim_step_height_m),
+        rim_radius_m=_range(f, "rim_radius_m", _FAULTS.rim_radius_m, lo=1.0),
     )
     f.done()
 
@@ -468,39 +477,49 @@ def from_mapping(cfg: Mapping) -> RunConfig:
 
     su = _Group(cfg, "success")
     success = SuccessCriteria(
-        vertical_speed_max_mps=su.number("vertical_speed_max_mps", 2.0, lo=0.0, lo_open=True),
-        horizontal_speed_max_mps=su.number("horizontal_speed_max_mps", 1.0, lo=0.0, lo_open=True),
-        tilt_max_deg=su.number("tilt_max_deg", 12.0, lo=0.0, lo_open=True),
-        crash_speed_mps=su.number("crash_speed_mps", 5.0, lo=0.0, lo_open=True),
+        vertical_speed_max_mps=su.number(
+            "vertical_speed_max_mps", _SUCCESS.vertical_speed_max_mps, lo=0.0, lo_open=True
+        ),
+        horizontal_speed_max_mps=su.number(
+            "horizontal_speed_max_mps", _SUCCESS.horizontal_speed_max_mps, lo=0.0, lo_open=True
+        ),
+        tilt_max_deg=su.number("tilt_max_deg", _SUCCESS.tilt_max_deg, lo=0.0, lo_open=True),
+        crash_speed_mps=su.number(
+            "crash_speed_mps", _SUCCESS.crash_speed_mps, lo=0.0, lo_open=True
+        ),
     )
     su.done()
 
     ob = _Group(cfg, "objective")
     objective = ObjectiveSpec(
-        margin=ob.number("margin", 0.7, lo=0.0, lo_open=True, hi=1.0),
-        sharpness=ob.number("sharpness", 8.0, lo=0.0, lo_open=True),
-        miss_scale_m=ob.number("miss_scale_m", 1000.0, lo=0.0, lo_open=True),
-        timeout_scale_m=ob.number("timeout_scale_m", 100.0, lo=0.0, lo_open=True),
-        cvar_alpha=ob.number("cvar_alpha", 0.9, lo=0.0, hi=0.999),
-        cvar_weight=ob.number("cvar_weight", 1.0, lo=0.0),
-        fuel_weight=ob.number("fuel_weight", 1.0, lo=0.0),
+        margin=ob.number("margin", _OBJECTIVE.margin, lo=0.0, lo_open=True, hi=1.0),
+        sharpness=ob.number("sharpness", _OBJECTIVE.sharpness, lo=0.0, lo_open=True),
+        miss_scale_m=ob.number("miss_scale_m", _OBJECTIVE.miss_scale_m, lo=0.0, lo_open=True),
+        timeout_scale_m=ob.number(
+            "timeout_scale_m", _OBJECTIVE.timeout_scale_m, lo=0.0, lo_open=True
+        ),
+        cvar_alpha=ob.number("cvar_alpha", _OBJECTIVE.cvar_alpha, lo=0.0, hi=0.999),
+        cvar_weight=ob.number("cvar_weight", _OBJECTIVE.cvar_weight, lo=0.0),
+        fuel_weight=ob.number("fuel_weight", _OBJECTIVE.fuel_weight, lo=0.0),
     )
     ob.done()
 
     op = _Group(cfg, "optimizer")
     optimizer = TrainSpec(
-        steps=op.number("steps", 100, lo=1, integer=True),
+        steps=op.number("steps", _TRAIN.steps, lo=1, integer=True),
         batch_size=None  # auto: chosen by the backend when tuning starts
         if op.raw("batch_size", "auto") == "auto"
         else op.number("batch_size", lo=1, integer=True),
-        learning_rate=op.number("learning_rate", 0.02, lo=0.0, lo_open=True),
-        warmup_steps=op.number("warmup_steps", 10, lo=0, integer=True),
-        clip_norm=op.number("clip_norm", 1.0, lo=0.0, lo_open=True),
-        gate_softness=op.number("gate_softness", 1.0, lo=0.0),
-        replay_every=op.number("replay_every", 0, lo=0, integer=True),
-        replay_pool=op.number("replay_pool", 4096, lo=2, hi=1 << 24, integer=True),
-        replay_worst=op.number("replay_worst", 256, lo=1, integer=True),
-        replay_fraction=op.number("replay_fraction", 0.5, lo=0.0, lo_open=True, hi=1.0),
+        learning_rate=op.number("learning_rate", _TRAIN.learning_rate, lo=0.0, lo_open=True),
+        warmup_steps=op.number("warmup_steps", _TRAIN.warmup_steps, lo=0, integer=True),
+        clip_norm=op.number("clip_norm", _TRAIN.clip_norm, lo=0.0, lo_open=True),
+        gate_softness=op.number("gate_softness", _TRAIN.gate_softness, lo=0.0),
+        replay_every=op.number("replay_every", _TRAIN.replay_every, lo=0, integer=True),
+        replay_pool=op.number("replay_pool", _TRAIN.replay_pool, lo=2, hi=1 << 24, integer=True),
+        replay_worst=op.number("replay_worst", _TRAIN.replay_worst, lo=1, integer=True),
+        replay_fraction=op.number(
+            "replay_fraction", _TRAIN.replay_fraction, lo=0.0, lo_open=True, hi=1.0
+        ),
         frozen=_gain_names(op, "frozen"),
     )
     op.done()

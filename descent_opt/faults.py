@@ -31,9 +31,9 @@ class FaultCatalog(eqx.Module):
     scale_factor_sigma: float = 0.005
     # Heavy-tailed noise over dark terrain (IM-2): Student-t scale uniform in range.
     dark_terrain_rate: float = 0.1
-    heavy_tail_scale_m: tuple[float, float] = (5.0, 30.0)
+    heavy_tail_scale_m: tuple[float, float] = (3.0, 20.0)
     # No LRF at all (IM-1).
-    absent_rate: float = 0.005
+    absent_rate: float = 0.002
     # Terrain step at a crater rim under the approach (HAKUTO-R Mission 1).
     rim_step_rate: float = 0.1
     rim_step_height_m: tuple[float, float] = (100.0, 800.0)

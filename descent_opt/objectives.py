@@ -31,7 +31,7 @@ class ObjectiveSpec(eqx.Module):
     sharpness: float = 8.0  # softplus sharpness, per unit of a limit
     miss_scale_m: float = 1000.0  # miss distance weight: 1 per this distance
     timeout_scale_m: float = 100.0  # not down at the horizon: 1 per this height left
-    cvar_alpha: float = 0.9  # CVaR over the worst (1 - alpha) of the population
+    cvar_alpha: float = 0.99  # CVaR over the worst (1 - alpha) of the population
     cvar_weight: float = 1.0
     fuel_weight: float = 1.0  # per unit of propellant fraction burnt
 

@@ -64,8 +64,8 @@ class SimSpec(eqx.Module):
     nav_altitude_sigma_m: float = 300.0
     nav_velocity_sigma_mps: float = 0.1
     nav_bias_sigma_mps2: float = 1e-3
-    dt_s: float = 0.2
-    duration_s: float = 160.0  # planned horizon: every flight is flown at least this long
+    dt_s: float = 0.25
+    duration_s: float = 180.0  # planned horizon: every flight is flown at least this long
     # Flights still airborne at ``duration_s`` fly on, a few at a time, until they touch
     # down or this time (None: they stop at ``duration_s``, as tuning's do).
     # :func:`decided_horizon_s` gives a time by which every flight has touched down.

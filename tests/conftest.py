@@ -60,21 +60,39 @@ def tiny_main_job(tmp_path_factory):
     return out, proc, site, elsewhere, env
 
 
+# The longest groups (measured on a 2-core CPU, longest first): handed out first, so that
+# the workers finish together instead of one flying a long group alone at the end.
+LONGEST_FIRST = (
+    "test_scale_out.py", "tiny_main_job", "test_gradients.py", "test_thrust_schedule.py",
+    "test_monte_carlo.py", "test_tuning.py", "test_guards.py", "test_decided.py",
+    "test_distributed.py", "test_numpy_peer.py", "test_inputs.py", "test_determinism.py",
+)  # fmt: skip
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``--dist loadgroup``) each test file runs on one worker, so its
     module fixtures are built once, and the tests that share the small main job run on one
     worker, so it is flown once. The command-line tests of test_cli.py that do not need it
-    (each starts its own process) go to whichever worker is free."""
+    (each starts its own process) go to whichever worker is free, last. Groups are handed
+    out in the order of the items: the longest first."""
+    groups = {}
     for item in items:
         name = item.path.name
         if "tiny_main_job" in item.fixturenames or name == "test_checkpoint.py":
-            group = "tiny_main_job"
-        elif name == "test_cli.py":
-            continue
-        else:
-            group = name
-        item.add_marker(pytest.mark.xdist_group(group))
+            groups[item] = "tiny_main_job"
+        elif name != "test_cli.py":
+            groups[item] = name
+        if item in groups:
+            item.add_marker(pytest.mark.xdist_group(groups[item]))
+
+    def rank(item):
+        group = groups.get(item)
+        if group in LONGEST_FIRST:
+            return LONGEST_FIRST.index(group)
+        return len(LONGEST_FIRST) + (group is None)
+
+    items.sort(key=rank)  # stable: a group's tests keep their order
 
 
 def pytest_xdist_node_collection_finished(node, ids):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 
 import descent_opt
@@ -70,3 +73,50 @@ def test_bad_values_name_their_key(override, key):
         descent_opt.load_config([override])
     assert str(info.value).startswith(key + ":")
     assert "\n" not in str(info.value)
+
+
+def _fields(spec) -> dict:
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+
+
+def test_library_defaults_are_the_command_lines():
+    """A Python user who builds a spec with its defaults gets the model the command line
+    flies: every default field of the library's specs equals the composed configuration's.
+    Left out, with the reason: ``max_duration_s``, which the configuration derives from the
+    vehicle and the dispersion, and what a spec takes from other groups (the vehicle,
+    gravity, the sensors, guidance, and the navigation priors of ``scenario``)."""
+    from descent_opt.faults import FaultCatalog
+    from descent_opt.guidance import GuidanceSpec, default_gains
+    from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
+    from descent_opt.optimize.gains import TrainSpec
+    from descent_opt.scenarios import ScenarioSpec, TerrainSpec
+    from descent_opt.sensors import ImuSpec, LrfSpec
+    from descent_opt.simulate import SimSpec
+
+    config = descent_opt.load_config([])
+    library = {
+        "faults": (FaultCatalog(), config.faults),
+        "objective": (ObjectiveSpec(), config.objective),
+        "success": (SuccessCriteria(), config.success),
+        "optimizer": (TrainSpec(), config.optimizer),
+        "scenario": (ScenarioSpec(), config.scenario),
+        "terrain": (TerrainSpec(), config.terrain),
+        "sensors.imu": (ImuSpec(), config.sim.imu),
+        "sensors.lrf": (LrfSpec(), config.sim.lrf),
+        "guidance": (GuidanceSpec(), config.sim.guidance),
+        "sim": (SimSpec(vehicle=config.vehicle), config.sim),
+    }
+    derived = {"max_duration_s", "vehicle", "gravity_mps2", "imu", "lrf"}
+    derived |= {"guidance", "nav_altitude_sigma_m", "nav_velocity_sigma_mps"}
+    derived |= {"nav_bias_sigma_mps2"}
+    compared = 0
+    for group, (default, composed) in library.items():
+        for name, value in _fields(default).items():
+            if name in derived:
+                continue
+            expected = getattr(composed, name)
+            same = np.array_equal(np.asarray(value), np.asarray(expected))
+            assert same, f"{group}.{name}: library {value!r}, command line {expected!r}"
+            compared += 1
+    assert compared > 60
+    assert tuple(default_gains().altitude_breakpoints_m.tolist()) == config.altitude_breakpoints_m

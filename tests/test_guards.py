@@ -37,7 +37,7 @@ def _tune(mass_initial_kg: float, steps: int):
         sampler,
         SuccessCriteria(),
         ObjectiveSpec(),
-        tuning.TrainSpec(steps=steps, batch_size=5, warmup_steps=1),
+        tuning.TrainSpec(steps=steps, batch_size=5, warmup_steps=1, replay_every=0),
         key=jax.random.key(0),
     )
 

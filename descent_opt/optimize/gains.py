@@ -38,8 +38,8 @@ class NonFiniteTraining(RuntimeError):
 
 
 class TrainSpec(eqx.Module):
-    steps: int = 150
-    batch_size: int | None = 128  # None: :func:`auto_batch_size`
+    steps: int = 100
+    batch_size: int | None = None  # None: :func:`auto_batch_size` (128 on the CPU)
     learning_rate: float = 0.02
     warmup_steps: int = 10
     clip_norm: float = 1.0
@@ -50,7 +50,7 @@ class TrainSpec(eqx.Module):
     # members are one stratum, the rest another, and each minibatch draws
     # ``replay_fraction`` of its members from the first. Weights (the strata's shares of
     # the pool over their draws) keep the risk an unbiased estimate of the catalog's.
-    replay_every: int = 0
+    replay_every: int = 10
     replay_pool: int = 4096
     replay_worst: int = 256
     replay_fraction: float = 0.5
