@@ -71,12 +71,13 @@ def test_gradient_matches_central_differences_float64():
         assert np.all(np.asarray(outcome.touchdown_time_s) < spec.duration_s - 2.0)
 
         value_and_grad = jax.jit(jax.value_and_grad(risk_flat))
-        risk = jax.jit(risk_flat)
         value, grad = value_and_grad(flat)
         grad = np.asarray(grad)
         assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
-        # The same objective on both paths (separately compiled: allow rounding differences).
-        np.testing.assert_allclose(float(risk(flat)), float(value), rtol=1e-10)
+
+        def risk(x):  # the differences from the same program's value: one compilation
+            return value_and_grad(x)[0]
+
         g_norm = np.linalg.norm(grad)
         assert g_norm > 1e-3  # the check below is not vacuous
 

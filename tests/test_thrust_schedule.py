@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_runs import run_cli_calls
 
 from descent_opt.dynamics import G0_MPS2, Vehicle
 from descent_opt.optimize.thrust_schedule import ScheduleProblem, ScheduleSpec, solve_schedules
@@ -134,22 +135,28 @@ SMALL_JOB = [
 ]
 
 
-def test_cli_writes_zero_order_hold_csv_that_reintegrates(tmp_path):
+@pytest.fixture(scope="module")
+def small_jobs(tmp_path_factory):
+    """The small job and the same with too little propellant, one after the other in one
+    process: (run directory, (status, stdout, stderr)) of each."""
+    root = tmp_path_factory.mktemp("schedule_cli")
+    feasible, infeasible = root / "run", root / "infeasible"
+    results = run_cli_calls(
+        [*SMALL_JOB, f"hydra.run.dir={feasible}"],
+        [*SMALL_JOB, "vehicle.mass_dry_kg=478", f"hydra.run.dir={infeasible}"],
+        cwd=root,
+    )
+    return list(zip((feasible, infeasible), results))
+
+
+def test_cli_writes_zero_order_hold_csv_that_reintegrates(small_jobs):
     """thrust_schedule.csv: header and row semantics of the public contract; an independent
     RK4 of its rows lands within 1 m and 0.1 m/s and burns the reported fuel."""
     import json
-    import subprocess
-    import sys
     from types import SimpleNamespace
 
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "descent_opt", *SMALL_JOB, f"hydra.run.dir={out}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    out, (status, _, stderr) = small_jobs[0]
+    assert status == 0, stderr[-2000:]
     lines = (out / "thrust_schedule.csv").read_text().splitlines()
     assert lines[0].split(",") == [
         "t_s", "thrust_x_n", "thrust_y_n", "thrust_z_n", "mass_kg",
@@ -187,27 +194,11 @@ def test_cli_writes_zero_order_hold_csv_that_reintegrates(tmp_path):
     assert abs(fuel - metrics["fuel_kg"]) < 1e-3 * metrics["fuel_kg"]
 
 
-def test_cli_reports_infeasible_problem_without_a_schedule(tmp_path):
-    import subprocess
-    import sys
-
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "descent_opt",
-            *SMALL_JOB,
-            "vehicle.mass_dry_kg=478",
-            f"hydra.run.dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "infeasible" in lines[0] and "propellant" in lines[0], proc.stderr
+def test_cli_reports_infeasible_problem_without_a_schedule(small_jobs):
+    out, (status, _, stderr) = small_jobs[1]
+    assert status == 2
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "infeasible" in lines[0] and "propellant" in lines[0], stderr
     assert not (out / "thrust_schedule.csv").exists()
     assert not (out / "metrics.json").exists()
 
