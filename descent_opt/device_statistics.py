@@ -3,7 +3,7 @@
 Folding a flown piece of a population on the host means copying every member's record
 (dozens of numbers) off the device and reducing it with NumPy; on a GPU that takes longer
 than the flight. :func:`fold_piece` reduces the piece where it lies into what
-:class:`descent_opt.population.Tally` keeps: outcome counts, per-class and per-bin tallies,
+:class:`descent_opt.tally.Tally` keeps: outcome counts, per-class and per-bin tallies,
 touchdown-speed histograms, the worst failures (``lax.top_k``) and the first diverged
 members, and for the percentiles either the raw values (while percentiles are exact) or the
 quantile sketch's bucket counts, which stay on the device from piece to piece

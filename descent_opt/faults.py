@@ -6,7 +6,8 @@ is how baseline gains are tuned.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 
 import equinox as eqx
 import jax
@@ -67,6 +68,15 @@ class Faults(eqx.Module):
     absent: Array
     rim_step_height_m: Float[Array, "*batch"]
     rim_radius_m: Float[Array, "*batch"]
+
+
+FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
+
+
+def faults_of(records: Mapping[str, Array]) -> Faults:
+    """The fault parameters held in per-scenario records (one column per field), so that
+    the predicates below apply to them."""
+    return Faults(**{k: records[k] for k in FAULT_FIELDS})
 
 
 # Acquisition range of a unit without the late-acquisition fault: only the LRF's design

@@ -7,8 +7,9 @@ the population of a key (member ``i`` a pure function of the key and ``i``, see
 relative-error sketch beyond (:mod:`descent_opt.statistics`), success per fault class and
 per bin of each fault parameter, touchdown-speed histograms and the worst failures. Unless
 per-scenario records are asked for, each piece is folded on the device that flew it
-(:mod:`descent_opt.device_statistics`) and memory does not grow with ``n``. Tallies of
-disjoint index ranges merge, so a population can be split over processes.
+(:mod:`descent_opt.device_statistics`) and memory does not grow with ``n``. Each piece or
+chunk gives a tally of its own, merged into the population's (:mod:`descent_opt.tally`),
+so a population can also be split over processes.
 
 :func:`fly_members` re-flies chosen members by index, with their per-step traces; their
 outcomes are bit-identical to the population run's.
@@ -27,342 +28,24 @@ import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
 from descent_opt import device_statistics
-from descent_opt.certification import certify
 from descent_opt.device_program import DeviceProgram
-from descent_opt.device_statistics import COUNTS, QUANTITIES
+from descent_opt.device_statistics import QUANTITIES
 from descent_opt.distributed import allgather_objects, index_range
-from descent_opt.faults import FAULT_CLASSES, FAULT_PARAMETERS, Faults
 from descent_opt.guidance import Gains
 from descent_opt.objectives import LandingMetrics, SuccessCriteria, landing_metrics
 from descent_opt.parallel import default_workers, map_pieces
 from descent_opt.scenarios import Scenario, ScenarioSampler
 from descent_opt.simulate import SimSpec, Trace, _simulate, simulate_traces
-from descent_opt.statistics import ExactOrSketch, clopper_pearson, clopper_pearson_lower
-
-FAULT_FIELDS = tuple(f.name for f in dataclasses.fields(Faults))
-DISPERSION_FIELDS = (
-    "position0_m",
-    "velocity0_mps",
-    "mass0_kg",
-    "nav_position_error_m",
-    "nav_velocity_error_mps",
-    "imu_bias_mps2",
+from descent_opt.tally import (
+    DISPERSION_FIELDS,
+    EXACT_LIMIT,
+    SPEED_EDGES_MPS,
+    Tally,
+    parameter_bins,
+    records_from,
 )
-SPEED_EDGES_MPS = np.logspace(-2, 3, 101)  # touchdown-speed histogram bins
-N_PARAMETER_BINS = 12
-EXACT_LIMIT = 1_000_000  # percentiles are exact up to this many scenarios
+
 MAX_MEMBER = 2**32 - 1  # members are drawn with fold_in of a 32-bit index
-
-
-def _method(q: ExactOrSketch) -> str:
-    if q.method == "exact":
-        return "exact (linear interpolation between order statistics)"
-    return f"sketch: log buckets, relative error <= {q.sketch.relative_accuracy:g}"
-
-
-def parameter_bins(sampler: ScenarioSampler) -> dict[str, tuple[np.ndarray, Callable]]:
-    """Bin edges of each fault parameter (over its configured range) and which scenarios
-    carry that fault; parameters whose range is a single value are left out."""
-    catalog = jax.tree.map(np.asarray, sampler.catalog)
-    out = {}
-    for name, (span, carrier) in FAULT_PARAMETERS.items():
-        lo, hi = (float(x) for x in span(catalog))
-        if hi > lo:
-            out[name] = (np.linspace(lo, hi, N_PARAMETER_BINS + 1), carrier)
-    return out
-
-
-@dataclasses.dataclass
-class Tally:
-    """Streaming statistics of one population flown with one gain table."""
-
-    keep_failures: int = 20
-    exact_limit: int = EXACT_LIMIT
-    unlandable: tuple[str, ...] = ()  # fault classes certified apart
-    planned_duration_s: float = float("inf")  # touchdowns after it are counted as late
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    quantities: dict[str, ExactOrSketch] = dataclasses.field(default_factory=dict)
-    by_fault: dict[str, list[int]] = dataclasses.field(default_factory=dict)
-    # [flights, successes] of the scenarios in no unlandable class, and per class among them
-    landable: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
-    by_fault_landable: dict[str, list[int]] = dataclasses.field(default_factory=dict)
-    by_parameter: dict[str, dict] = dataclasses.field(default_factory=dict)
-    speed_histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    failures: dict[str, np.ndarray] | None = None
-    nonfinite_indices: list[int] = dataclasses.field(default_factory=list)  # the first ones
-
-    def __post_init__(self):
-        names = ("n", "success", "crash", "exhausted", "timeout", "landed", "nonfinite")
-        for name in names + ("late", "lrf_locked_out", "lrf_locked_out_success"):
-            self.counts.setdefault(name, 0)
-        for name in QUANTITIES:
-            self.quantities.setdefault(name, ExactOrSketch(exact_limit=self.exact_limit))
-        for name in FAULT_CLASSES:
-            self.by_fault.setdefault(name, [0, 0])
-            self.by_fault_landable.setdefault(name, [0, 0])
-        for name in ("touchdown_vz_mps", "touchdown_vh_mps"):
-            self.speed_histograms.setdefault(name, np.zeros(len(SPEED_EDGES_MPS) + 1, np.int64))
-
-    def add(self, records: dict[str, np.ndarray], bins: dict[str, tuple]) -> None:
-        """Fold in the records of some scenarios (see :func:`records_of`)."""
-        success = records["success"]
-        faults = Faults(**{k: records[k] for k in FAULT_FIELDS})
-        c = self.counts
-        c["n"] += success.size
-        c["success"] += int(success.sum())
-        c["crash"] += int(records["crash"].sum())
-        c["exhausted"] += int(records["exhausted"].sum())
-        c["landed"] += int(records["landed"].sum())
-        c["timeout"] += int((~records["landed"] & ~records["exhausted"]).sum())
-        c["late"] += int((records["touchdown_time_s"] > self.planned_duration_s).sum())
-        locked = records["lrf_locked_out"]
-        c["lrf_locked_out"] += int(locked.sum())
-        c["lrf_locked_out_success"] += int((locked & success).sum())
-        # A diverged flight (non-finite outcome) is a failure, counted and listed, and kept
-        # out of the percentiles, histograms and the failure ranking.
-        finite = np.logical_and.reduce([np.isfinite(records[q]) for q in QUANTITIES])
-        kept = records
-        if not finite.all():
-            c["nonfinite"] += int((~finite).sum())
-            self._note_nonfinite(records["index"][~finite])
-            kept = {k: v[finite] for k, v in records.items()}
-        for name in QUANTITIES:
-            self.quantities[name].add(kept[name])
-        members = {name: np.asarray(member(faults)) for name, member in FAULT_CLASSES.items()}
-        landable = np.ones_like(success)
-        for name in self.unlandable:
-            landable &= ~members[name]
-        self.landable[0] += int(landable.sum())
-        self.landable[1] += int(success[landable].sum())
-        for name, mask in members.items():
-            self.by_fault[name][0] += int(mask.sum())
-            self.by_fault[name][1] += int(success[mask].sum())
-            self.by_fault_landable[name][0] += int((mask & landable).sum())
-            self.by_fault_landable[name][1] += int(success[mask & landable].sum())
-        for name, (edges, active) in bins.items():
-            zeros = np.zeros(len(edges) - 1, np.int64)
-            entry = self.by_parameter.setdefault(
-                name, {"edges": edges, "n": zeros, "success": zeros.copy()}
-            )
-            mask = active(faults)
-            where = np.clip(
-                np.searchsorted(edges, records[name][mask], "right") - 1, 0, len(edges) - 2
-            )
-            entry["n"] += np.bincount(where, minlength=len(edges) - 1)
-            entry["success"] += np.bincount(where[success[mask]], minlength=len(edges) - 1)
-        for name, hist in self.speed_histograms.items():
-            hist += np.bincount(
-                np.searchsorted(SPEED_EDGES_MPS, kept[name], "right"), minlength=hist.size
-            )
-        failed = np.flatnonzero(~kept["success"])
-        if self.keep_failures and failed.size:
-            if failed.size > self.keep_failures:  # only the worst can be kept
-                worst = np.lexsort((kept["index"][failed], -kept["touchdown_speed_mps"][failed]))
-                failed = failed[worst[: self.keep_failures]]
-            self.add_failures({k: v[failed] for k, v in kept.items()})
-
-    def add_folded(self, piece: dict, first: int, bins: dict[str, tuple]) -> None:
-        """Fold in a piece folded on its device (:func:`device_statistics.fold_piece`),
-        whose position ``p`` is member ``first + p``: the same tally as :meth:`add` of the
-        piece's records, bit for bit. Outside exact mode the quantities' sketch counts
-        arrive apart (:meth:`add_sketch_counts`)."""
-        for name, v in zip(COUNTS, piece["counts"]):
-            self.counts[name] += int(v)
-        diverged = piece["nonfinite_positions"][piece["nonfinite_ok"]]
-        if diverged.size:
-            self._note_nonfinite(first + diverged.astype(np.int64))
-        for i in (0, 1):
-            self.landable[i] += int(piece["landable"][i])
-        for k, name in enumerate(FAULT_CLASSES):
-            for i in (0, 1):
-                self.by_fault[name][i] += int(piece["by_fault"][k, i])
-                self.by_fault_landable[name][i] += int(piece["by_fault_landable"][k, i])
-        for name, (edges, _) in bins.items():
-            zeros = np.zeros(len(edges) - 1, np.int64)
-            entry = self.by_parameter.setdefault(
-                name, {"edges": edges, "n": zeros, "success": zeros.copy()}
-            )
-            entry["n"] += piece["parameters"][name][0]
-            entry["success"] += piece["parameters"][name][1]
-        for name, hist in self.speed_histograms.items():
-            hist += piece["histograms"][name]
-        if "values" in piece:
-            for name in QUANTITIES:
-                self.quantities[name].add(piece["values"][name][piece["kept"]])
-        ok = piece["failure_ok"]
-        if self.keep_failures and ok.any():
-            dispersion, faults, outcome, metrics = jax.tree.map(
-                lambda x: x[ok], piece["failure_rows"]
-            )
-            positions = piece["failure_positions"][ok].astype(np.int64)
-            self.add_failures(_records(first + positions, dispersion, faults, outcome, metrics))
-
-    def add_sketch_counts(self, counts, sums: dict, extremes: dict) -> None:
-        """Fold in the quantities' sketch counts gathered on a device, (positive, negative,
-        zero) per quantity, with their exact sums (:func:`statistics.fixed_point_sum`
-        units) and extremes (each ``(min, max)``) by name; percentiles come from the sketch
-        from here on."""
-        positive, negative, zero = counts
-        for k, name in enumerate(QUANTITIES):
-            low, high = extremes.get(name, (np.inf, -np.inf))
-            self.quantities[name].add_counts(
-                positive[k],
-                negative[k],
-                int(zero[k]),
-                sums.get(name, 0),
-                low,
-                high,
-            )
-
-    def _note_nonfinite(self, indices) -> None:
-        self.nonfinite_indices = sorted({*self.nonfinite_indices, *map(int, indices)})[:100]
-
-    def merge(self, other: "Tally") -> None:
-        """Fold in the tally of another, disjoint set of scenarios."""
-        self._note_nonfinite(other.nonfinite_indices)
-        for k, v in other.counts.items():
-            self.counts[k] += v
-        for k, q in other.quantities.items():
-            self.quantities[k].merge(q)
-        for mine, theirs in (
-            (self.by_fault, other.by_fault),
-            (self.by_fault_landable, other.by_fault_landable),
-        ):
-            for k, (n, s) in theirs.items():
-                mine[k][0] += n
-                mine[k][1] += s
-        self.landable[0] += other.landable[0]
-        self.landable[1] += other.landable[1]
-        for k, entry in other.by_parameter.items():
-            mine = self.by_parameter.setdefault(
-                k, {"edges": entry["edges"], "n": 0 * entry["n"], "success": 0 * entry["n"]}
-            )
-            mine["n"] = mine["n"] + entry["n"]
-            mine["success"] = mine["success"] + entry["success"]
-        for k, h in other.speed_histograms.items():
-            self.speed_histograms[k] = self.speed_histograms[k] + h
-        if other.failures is not None:
-            self.add_failures(other.failures)
-
-    def add_failures(self, failures: dict[str, np.ndarray]) -> None:
-        """Keep the worst ``keep_failures`` of the kept ones and these: fastest touchdown
-        first, ties by index, so the order never depends on how the population was cut."""
-        worst = failures
-        if self.failures is not None:
-            worst = {k: np.concatenate([self.failures[k], failures[k]]) for k in failures}
-        order = np.lexsort((worst["index"], -worst["touchdown_speed_mps"]))
-        self.failures = {k: v[order[: self.keep_failures]] for k, v in worst.items()}
-
-    def summary(self) -> dict:
-        """The population's headline numbers with their confidence intervals (the keys of
-        the ``monte_carlo`` metrics contract)."""
-        c = self.counts
-        n = c["n"]
-        rate = lambda k: c[k] / n if n else None  # noqa: E731
-
-        def stat(name: str, p: float | None = None, field: str = "mean"):
-            """A percentile (or ``max``, ``mean``) of a quantity; None if no finite value
-            was seen (every flight diverged)."""
-            q = self.quantities[name]
-            if not q.count:
-                return None
-            return q.quantile(p) if p is not None else getattr(q, field)
-
-        out = {
-            "n_scenarios": n,
-            "success_rate": rate("success"),
-            "success_rate_ci95": list(clopper_pearson(c["success"], n, 0.95)),
-            "success_rate_lower95": clopper_pearson_lower(c["success"], n, 0.95),
-            "n_failures": n - c["success"],
-            "n_nonfinite": c["nonfinite"],  # flights that diverged (counted as failures)
-            "nonfinite_indices": self.nonfinite_indices,
-            "crash_rate": rate("crash"),
-            "exhausted_rate": rate("exhausted"),
-            "timeout_rate": rate("timeout"),
-            "landed_rate": rate("landed"),
-            "fuel_kg_mean": stat("fuel_kg"),
-            "fuel_kg_p50": stat("fuel_kg", 0.5),
-            "fuel_kg_p99": stat("fuel_kg", 0.99),
-            "touchdown_vz_mps_p50": stat("touchdown_vz_mps", 0.5),
-            "touchdown_vz_mps_p99": stat("touchdown_vz_mps", 0.99),
-            "touchdown_vz_mps_max": stat("touchdown_vz_mps", field="max"),
-            "touchdown_vh_mps_p99": stat("touchdown_vh_mps", 0.99),
-            "touchdown_speed_mps_p99": stat("touchdown_speed_mps", 0.99),
-            "tilt_deg_p99": stat("tilt_deg", 0.99),
-            "miss_distance_m_p99": stat("miss_distance_m", 0.99),
-            "percentile_method": _method(self.quantities["fuel_kg"]),
-            # When flights end (touchdown, or impact after exhaustion): every one is flown
-            # until it is down, so a slow descent shows up here, not as a timeout.
-            "touchdown_time_s": {
-                "p01": stat("touchdown_time_s", 0.01),
-                "p50": stat("touchdown_time_s", 0.5),
-                "p90": stat("touchdown_time_s", 0.9),
-                "p99": stat("touchdown_time_s", 0.99),
-                "p999": stat("touchdown_time_s", 0.999),
-                "max": stat("touchdown_time_s", field="max"),
-                "planned_s": self.planned_duration_s,
-                "late_rate": rate("late"),  # down after the planned horizon
-            },
-            # Flights whose filter was turning valid ranges away at the end (Mission 1).
-            "lrf_locked_out_rate": rate("lrf_locked_out"),
-            "lrf_locked_out_success_rate": (
-                c["lrf_locked_out_success"] / c["lrf_locked_out"] if c["lrf_locked_out"] else None
-            ),
-            "certification": certify(
-                (n, c["success"]),
-                tuple(self.landable),
-                {k: tuple(v) for k, v in self.by_fault_landable.items()},
-                {k: tuple(v) for k, v in self.by_fault.items()},
-                self.unlandable,
-            ),
-            "by_fault": {
-                name: {
-                    "n_scenarios": m,
-                    "success_rate": s / m if m else None,
-                    "success_rate_ci95": list(clopper_pearson(s, m, 0.95)),
-                }
-                for name, (m, s) in self.by_fault.items()
-            },
-        }
-        return out
-
-    def failure_list(self) -> list[dict]:
-        """The kept failures, worst first, with their fault parameters."""
-        f = self.failures
-        if f is None:
-            return []
-        out = []
-        for i in range(f["index"].size):
-            kind = (
-                "exhausted"
-                if f["exhausted"][i]
-                else "timeout"
-                if not f["landed"][i]
-                else "crash"
-                if f["crash"][i]
-                else "limits"
-            )
-            out.append(
-                {
-                    "index": int(f["index"][i]),
-                    "failure": kind,
-                    "touchdown_speed_mps": float(f["touchdown_speed_mps"][i]),
-                    "touchdown_vz_mps": float(f["touchdown_vz_mps"][i]),
-                    "touchdown_vh_mps": float(f["touchdown_vh_mps"][i]),
-                    "tilt_deg": float(f["tilt_deg"][i]),
-                    "fuel_kg": float(f["fuel_kg"][i]),
-                    "touchdown_time_s": float(f["touchdown_time_s"][i]),
-                    "lrf_locked_out": bool(f["lrf_locked_out"][i]),
-                    "lrf_ignored_s": float(f["lrf_ignored_s"][i]),
-                    "lrf_first_accept_height_m": float(f["lrf_first_accept_height_m"][i]),
-                    "faults": {
-                        k: (bool(f[k][i]) if k == "absent" else float(f[k][i]))
-                        for k in FAULT_FIELDS
-                    },
-                    "dispersion": {k: f[k][i].tolist() for k in DISPERSION_FIELDS},
-                }
-            )
-        return out
 
 
 def _dispersion(scenarios: Scenario) -> tuple:
@@ -381,33 +64,7 @@ def records_of(
     ``metrics``: the outcome's :func:`landing_metrics` when already computed."""
     if metrics is None:
         metrics = landing_metrics(outcome, criteria)
-    return _records(indices, _dispersion(scenarios), scenarios.faults, outcome, metrics)
-
-
-def _records(indices, dispersion: tuple, faults: Faults, outcome, metrics) -> dict:
-    m = jax.tree.map(np.asarray, metrics)
-    o = jax.tree.map(np.asarray, outcome)
-    return {
-        "index": np.asarray(indices, np.int64),
-        **{k: np.asarray(v) for k, v in zip(DISPERSION_FIELDS, dispersion)},
-        **{k: np.asarray(getattr(faults, k)) for k in FAULT_FIELDS},
-        "landed": o.landed,
-        "exhausted": o.exhausted,
-        "touchdown_time_s": o.touchdown_time_s,
-        "touchdown_velocity_mps": o.touchdown_velocity_mps,
-        "touchdown_position_m": o.touchdown_position_m,
-        "touchdown_speed_mps": m.speed_mps,
-        "touchdown_vz_mps": m.vertical_speed_mps,
-        "touchdown_vh_mps": m.horizontal_speed_mps,
-        "tilt_deg": m.tilt_deg,
-        "fuel_kg": m.fuel_kg,
-        "miss_distance_m": m.miss_distance_m,
-        "lrf_first_accept_height_m": o.lrf_first_accept_height_m,
-        "lrf_ignored_s": o.lrf_ignored_s,
-        "lrf_locked_out": o.lrf_locked_out,
-        "crash": m.crash,
-        "success": m.success,
-    }
+    return records_from(indices, _dispersion(scenarios), scenarios.faults, outcome, metrics)
 
 
 @eqx.filter_jit
@@ -485,7 +142,7 @@ def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 class _DeviceFold:
     """Folds each flown piece on its device (:mod:`descent_opt.device_statistics`) and
-    the summaries into a :class:`Tally` on the host."""
+    merges the piece's tally, built from that summary, into ``tally`` on the host."""
 
     def __init__(self, tally: Tally, bins: dict, planned_duration_s: float, end: int, exact: bool):
         self.tally, self.bins, self.end = tally, bins, end
@@ -523,10 +180,11 @@ class _DeviceFold:
         return first, n_valid, piece
 
     def add(self, folded: list) -> int:
-        """Fold the pieces' summaries into the tally; the members counted."""
+        """Merge the pieces' tallies into the tally; the members counted."""
         done = 0
+        settings = self.tally.settings
         for first, n_valid, piece in folded:
-            self.tally.add_folded(piece, first, self.bins)
+            self.tally.merge(Tally.of_folded(piece, first, self.bins, **settings))
             if "sums" in piece:
                 for name in QUANTITIES:
                     self.sums[name] += device_statistics.fixed_point_parts(
@@ -538,13 +196,13 @@ class _DeviceFold:
                         max(high, float(piece["max"][name])),
                     )
             if "flushed" in piece:
-                self.tally.add_sketch_counts(piece["flushed"], {}, {})
+                self.tally.merge(Tally.of_sketch_counts(piece["flushed"], {}, {}, **settings))
             done += n_valid
         return done
 
     def finish(self) -> None:
-        """Hand the sketch counts left on the devices, with the sums and extremes, to the
-        tally."""
+        """Merge the tally of the sketch counts left on the devices, with the sums and
+        extremes, into the tally."""
         if self.spec.exact:
             return
         q, n = len(QUANTITIES), self.sketches.n_buckets
@@ -552,7 +210,9 @@ class _DeviceFold:
         for counts in self.sketches.drain():
             for t, c in zip(total, counts):
                 t += c
-        self.tally.add_sketch_counts(total, self.sums, self.extremes)
+        self.tally.merge(
+            Tally.of_sketch_counts(total, self.sums, self.extremes, **self.tally.settings)
+        )
 
 
 @dataclasses.dataclass
@@ -629,7 +289,7 @@ def fly_population(
         valid = records["index"] < end
         if not valid.all():
             records = {k: v[valid] for k, v in records.items()}
-        tally.add(records, bins)
+        tally.merge(Tally.of_records(records, bins, **tally.settings))
         if keep_records:
             kept.append(records)
         done += int(valid.sum())

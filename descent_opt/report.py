@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from descent_opt import certification
-from descent_opt.faults import NEVER_LATE_M
+from descent_opt.faults import faults_of, late_acquisition
 from descent_opt.rundir import save_figure_atomic
 from descent_opt.simulate import Trace
 
@@ -63,18 +63,19 @@ def plot_success_vs_acquisition(records: dict[str, dict[str, np.ndarray]], path:
     """Success rate of each gain table versus the altitude at which the LRF first gives a
     valid range."""
     plt = _pyplot()
-    acquisition_m = next(iter(records.values()))["acquisition_range_m"]
-    finite = acquisition_m < NEVER_LATE_M
+    first = next(iter(records.values()))
+    acquisition_m = first["acquisition_range_m"]
+    late = np.asarray(late_acquisition(faults_of(first)))
     lo, hi = (
-        (float(acquisition_m[finite].min()), float(acquisition_m[finite].max()))
-        if finite.any()
+        (float(acquisition_m[late].min()), float(acquisition_m[late].max()))
+        if late.any()
         else (0.0, 1.0)
     )
     edges = np.linspace(lo, hi + 1e-6, 9)
     centres = 0.5 * (edges[1:] + edges[:-1])
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in records.items():
-        rate, _ = success_by_bin(acquisition_m[finite], r["success"][finite], edges)
+        rate, _ = success_by_bin(acquisition_m[late], r["success"][late], edges)
         ax.plot(centres, rate, marker="o", color=COLORS.get(name, "k"), label=name)
     ax.set_xlabel("LRF first valid range (m)")
     ax.set_ylabel("success rate")

@@ -19,10 +19,11 @@ import pytest
 import descent_opt
 from descent_opt import population as P
 from descent_opt.device_statistics import fixed_point_parts
-from descent_opt.faults import NEVER_LATE_M, Faults
+from descent_opt.faults import FAULT_FIELDS, NEVER_LATE_M, Faults
 from descent_opt.objectives import LandingMetrics
 from descent_opt.simulate import Outcome
 from descent_opt.statistics import FIXED_POINT_BITS, QuantileSketch, fixed_point_sum
+from descent_opt.tally import DISPERSION_FIELDS, SPEED_EDGES_MPS, Tally, parameter_bins
 
 PIECE = 512
 PLANNED_S = 180.0
@@ -56,9 +57,9 @@ def _rows(rng, n, bins, dtype=np.float32):
     sketch_edges = QuantileSketch().upper_bounds
     f = lambda a: np.asarray(a, dtype)  # noqa: E731
     boolean = lambda p: rng.random(n) < p  # noqa: E731
-    speed = _mixed(rng, dtype, n, P.SPEED_EDGES_MPS)
+    speed = _mixed(rng, dtype, n, SPEED_EDGES_MPS)
     speed[rng.random(n) < 0.2] = dtype(3.25)  # ties among the fastest failures
-    vz = _mixed(rng, dtype, n, P.SPEED_EDGES_MPS) * np.where(boolean(0.1), -1, 1).astype(dtype)
+    vz = _mixed(rng, dtype, n, SPEED_EDGES_MPS) * np.where(boolean(0.1), -1, 1).astype(dtype)
     time = _mixed(rng, dtype, n, sketch_edges)
     time[boolean(0.1)] = _neighbours([PLANNED_S], dtype, rng, 1)[0]
     fuel = _mixed(rng, dtype, n, sketch_edges)
@@ -66,7 +67,7 @@ def _rows(rng, n, bins, dtype=np.float32):
     tilt = _mixed(rng, dtype, n, sketch_edges)
     tilt[boolean(0.005)] = np.inf
     faults = {}
-    for name in P.FAULT_FIELDS:
+    for name in FAULT_FIELDS:
         if name == "absent":
             faults[name] = boolean(0.05)
         elif name in bins:
@@ -91,7 +92,7 @@ def _rows(rng, n, bins, dtype=np.float32):
     )
     metrics = LandingMetrics(
         vertical_speed_mps=vz,
-        horizontal_speed_mps=_mixed(rng, dtype, n, P.SPEED_EDGES_MPS),
+        horizontal_speed_mps=_mixed(rng, dtype, n, SPEED_EDGES_MPS),
         speed_mps=speed,
         tilt_deg=tilt,
         fuel_kg=fuel,
@@ -102,7 +103,7 @@ def _rows(rng, n, bins, dtype=np.float32):
         success=boolean(0.8),
     )
     dispersion = SimpleNamespace(
-        **{k: f(rng.normal(size=(n, 3) if k != "mass0_kg" else n)) for k in P.DISPERSION_FIELDS},
+        **{k: f(rng.normal(size=(n, 3) if k != "mass0_kg" else n)) for k in DISPERSION_FIELDS},
         faults=Faults(**faults),
     )
     return dispersion, outcome, metrics
@@ -115,7 +116,7 @@ def _take(tree, lo, hi):
 def _fold_both(rng, n_pieces, end, exact_limit, dtype=np.float32, keep_failures=25):
     """Host and device tallies of the first ``end`` members of ``n_pieces`` pieces."""
     catalog = descent_opt.load_config([]).sampler().catalog
-    bins = P.parameter_bins(SimpleNamespace(catalog=catalog))
+    bins = parameter_bins(SimpleNamespace(catalog=catalog))
     scen, outcome, metrics = _rows(rng, n_pieces * PIECE, bins, dtype)
     common = dict(
         keep_failures=keep_failures,
@@ -123,21 +124,21 @@ def _fold_both(rng, n_pieces, end, exact_limit, dtype=np.float32, keep_failures=
         unlandable=("lrf_absent",),
         planned_duration_s=PLANNED_S,
     )
-    host, device = P.Tally(**common), P.Tally(**common)
+    host, device = Tally(**common), Tally(**common)
     fold = P._DeviceFold(device, bins, PLANNED_S, end, exact=end <= exact_limit)
     dev = jax.local_devices()[0]
     for k in range(n_pieces):
         lo, hi = k * PIECE, (k + 1) * PIECE
         indices = np.arange(lo, hi)
         piece = SimpleNamespace(
-            **{name: getattr(scen, name)[lo:hi] for name in P.DISPERSION_FIELDS},
+            **{name: getattr(scen, name)[lo:hi] for name in DISPERSION_FIELDS},
             faults=_take(scen.faults, lo, hi),
         )
         o, m = _take(outcome, lo, hi), _take(metrics, lo, hi)
         fold.add([fold(dev, indices, piece, o, m)])
         records = P.records_of(indices, piece, o, None, m)
         valid = records["index"] < end
-        host.add({key: v[valid] for key, v in records.items()}, bins)
+        host.merge(Tally.of_records({key: v[valid] for key, v in records.items()}, bins, **common))
     fold.finish()
     return host, device
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import descent_opt
-from descent_opt.faults import late_acquisition
+from descent_opt.faults import FAULT_CLASSES, late_acquisition
 from descent_opt.guidance import default_gains
 from descent_opt.jobs import monte_carlo
 from descent_opt.population import (
@@ -220,13 +220,13 @@ SIGMA_ONLY = [  # keys that must stay > 0: a small and a large value
 FAULT_RATES = [  # rate key, range key, range, value read back, fault present
     ("late_acquisition_rate", "acquisition_range_m", (800.0, 1600.0), "acquisition_range_m",
      late_acquisition),
-    ("latency_rate", "latency_s", (0.1, 0.9), "latency_s", lambda f: f.latency_s > 0),
-    ("dropout_rate", "dropout_prob", (0.2, 0.4), "dropout_prob", lambda f: f.dropout_prob > 0),
+    ("latency_rate", "latency_s", (0.1, 0.9), "latency_s", FAULT_CLASSES["latency"]),
+    ("dropout_rate", "dropout_prob", (0.2, 0.4), "dropout_prob", FAULT_CLASSES["dropouts"]),
     ("dark_terrain_rate", "heavy_tail_scale_m", (4.0, 40.0), "heavy_tail_scale_m",
-     lambda f: f.heavy_tail_scale_m > 0),
+     FAULT_CLASSES["dark_terrain"]),
     ("rim_step_rate", "rim_step_height_m", (200.0, 300.0), "rim_step_height_m",
-     lambda f: f.rim_step_height_m > 0),
-    ("absent_rate", None, None, None, lambda f: f.absent),
+     FAULT_CLASSES["rim_step"]),
+    ("absent_rate", None, None, None, FAULT_CLASSES["lrf_absent"]),
 ]  # fmt: skip
 
 
