@@ -1,12 +1,12 @@
 """descent_opt: GPU-ready batch optimisation of lunar terminal descent in JAX.
 
 Library first: build a :class:`~descent_opt.config.RunConfig` (``load_config`` composes
-``conf/`` with overrides; ``config.from_mapping`` takes a plain dict), then call
+``conf/`` with overrides; ``read_config`` takes a plain dict), then call
 :func:`run_robust_gains`. The command line ``python -m descent_opt +experiment=robust_gains``
 does the same through Hydra and writes the outputs.
 """
 
-from descent_opt.config import ConfigError, RunConfig, from_mapping
+from descent_opt.config import ConfigError, RunConfig, read_config
 from descent_opt.export import load_gains, write_gain_table
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.jobs.robust_gains import RobustGainsResult, run_robust_gains, write_outputs
@@ -32,7 +32,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
         GlobalHydra.instance().clear()
     data = OmegaConf.to_container(cfg, resolve=False)
     data.pop("hydra", None)
-    return from_mapping(data)
+    return read_config(data)
 
 
 __all__ = [
@@ -42,9 +42,9 @@ __all__ = [
     "RunConfig",
     "SimSpec",
     "default_gains",
-    "from_mapping",
     "load_config",
     "load_gains",
+    "read_config",
     "run_robust_gains",
     "write_gain_table",
     "write_outputs",

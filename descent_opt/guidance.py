@@ -31,6 +31,9 @@ SCHEDULED_COLUMNS = (
     "zem_gain",
     "zev_gain",
 )
+# Altitudes (m) at which the scheduled gains are tabulated (``guidance.altitude_breakpoints_m``).
+ALTITUDE_BREAKPOINTS_M = (0.0, 20.0, 50.0, 100.0, 200.0, 400.0, 700.0, 1000.0, 1500.0, 2000.0,
+                          3000.0, 4000.0, 6000.0)  # fmt: skip
 SCALAR_GAINS = ("altitude_margin_sigma", "tgo_min_s")
 NAV_GAINS = (
     "accel_noise_mps2",
@@ -76,7 +79,7 @@ class Gains(eqx.Module):
 
 
 def default_gains(
-    altitude_breakpoints_m=(0, 20, 50, 100, 200, 400, 700, 1000, 1500, 2000, 3000, 4000, 6000),
+    altitude_breakpoints_m=ALTITUDE_BREAKPOINTS_M,
     braking_accel_mps2: float = 2.0,
     touchdown_rate_mps: float = 0.8,
     terminal_height_m: float = 30.0,

@@ -120,3 +120,41 @@ def test_library_defaults_are_the_command_lines():
             compared += 1
     assert compared > 60
     assert tuple(default_gains().altitude_breakpoints_m.tolist()) == config.altitude_breakpoints_m
+
+
+def test_every_key_is_declared_once_and_documented():
+    """The composed configuration holds exactly the declared keys (no key lives only in a
+    YAML file), its values are the declared defaults unless a group option chose others,
+    and conf/keys.md is the reference generated from the declarations."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from descent_opt.cli import config_dir
+    from descent_opt.config import GROUPS, key_table
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        composed = OmegaConf.to_container(compose("config"), resolve=False)
+    GlobalHydra.instance().clear()
+    composed.pop("hydra", None)
+    declared = {g.key(k.name) for g in GROUPS.values() for k in g.keys}
+    flat = {}
+    for name, body in composed.items():
+        if isinstance(body, dict):
+            flat.update({f"{name}.{k}": v for k, v in body.items()})
+        else:
+            flat[name] = body
+    assert set(flat) == declared
+    settings = descent_opt.load_config([]).settings()
+    assert set(settings) == declared
+    chosen = {"faults.name", "vehicle.name", "vehicle.note"}  # the group options' names
+    for group in GROUPS.values():
+        for key, value in group.defaults().items():
+            name = group.key(key)
+            if name not in chosen and name in flat:
+                assert flat[name] == value, name
+    reference = (Path(config_dir()) / "keys.md").read_text()
+    assert key_table() in reference, "conf/keys.md is stale: regenerate it (see its header)"

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import descent_opt
-from descent_opt.config import ConfigError, from_mapping
+from descent_opt.config import ConfigError, read_config
 from descent_opt.export import write_gain_table
 from descent_opt.guidance import default_gains
 
@@ -80,7 +80,7 @@ def test_valid_values_are_accepted(group, key, values):
     @EXAMPLES
     @given(values)
     def check(value):
-        config = from_mapping(_with({f"{group}.{key}": value}))
+        config = read_config(_with({f"{group}.{key}": value}))
         config.sampler()  # the model objects build without error
 
     check()
@@ -98,7 +98,7 @@ def test_valid_configs_build_what_jobs_build_before_compiling(values, resume):
     from descent_opt.jobs import starting_gains
     from descent_opt.optimize.gains import initial_state
 
-    config = from_mapping(dict(_with(values), resume=resume))
+    config = read_config(dict(_with(values), resume=resume))
     members = config.sampler().members(config.population_key(), jnp.arange(3, dtype=jnp.uint32))
     for leaf in jax.tree.leaves(members):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -114,7 +114,7 @@ def test_invalid_values_name_their_key(group, key, values):
     @given(values)
     def check(value):
         with pytest.raises(ConfigError) as err:
-            from_mapping(_with({f"{group}.{key}": value}))
+            read_config(_with({f"{group}.{key}": value}))
         assert err.value.key == f"{group}.{key}"
         assert len(str(err.value).splitlines()) == 1
 
