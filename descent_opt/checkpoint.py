@@ -1,14 +1,17 @@
 """Tuning checkpoints: a stopped run loses at most ``checkpoint.every_steps`` steps.
 
 Every tuning phase of a job saves its :class:`~descent_opt.optimize.gains.TrainState`
-(parameters, optimiser state, averaged parameters, PRNG key, step, history) to
-``checkpoint.npz`` in the run directory every ``checkpoint.every_steps`` steps, at the end
+(parameters, optimiser state, averaged parameters, PRNG key, step, history, replay ranking)
+to ``checkpoint.npz`` in the run directory every ``checkpoint.every_steps`` steps, at the end
 of the phase, and when SIGTERM (SLURM pre-emption, ``scancel``) or SIGINT (Ctrl-C) arrives;
 the run then stops with status 128 + the signal number and no result files. Running the
 same command with the same ``hydra.run.dir`` and ``resume=true`` continues from the
 checkpoint and ends with the gains of an uninterrupted run, bit for bit on the CPU. The
 checkpoint holds the run's configuration: one written under different settings is refused,
-naming the first key that differs.
+naming the first key that differs. The state is written as a pytree by
+:func:`tree_arrays` (each leaf under its path, ``baseline/opt_state/1/0/mu/zem_gain``) and
+read back by :func:`tree_from_arrays` against the state before the first step, which
+gives the structure and checks every leaf's shape and dtype.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import jax
 import numpy as np
+from jaxtyping import PyTree
 
 from descent_opt.optimize.gains import TrainState
 from descent_opt.rundir import save_npz_atomic
@@ -101,32 +105,25 @@ class Checkpoints:
         arrays = self.phases.get(phase)
         if arrays is None:
             return None
-        restored = {}
-        for part in ("params", "opt_state", "mean"):
-            leaves, tree = jax.tree.flatten(getattr(template, part))
-            saved = [arrays.get(f"{part}/{i}") for i in range(len(leaves))]
-            if (
-                any(
-                    s is None or np.shape(s) != np.shape(x) or s.dtype != np.asarray(x).dtype
-                    for s, x in zip(saved, leaves)
-                )
-                or f"{part}/{len(leaves)}" in arrays
-            ):
-                raise CheckpointMismatch(
-                    f"resume: {self.path} holds a {phase} {part} of another shape"
-                )
-            restored[part] = jax.tree.unflatten(tree, [jax.numpy.asarray(s) for s in saved])
-        history = {
-            name.removeprefix("history/"): [float(x) for x in values]
-            for name, values in arrays.items()
-            if name.startswith("history/")
+        # The records (history, replay ranking) grow with the steps: read as saved.
+        records = {
+            "history": _subtree(arrays, "history"),
+            "replay_worst": arrays.get("replay_worst"),
         }
-        key = jax.random.wrap_key_data(arrays["key"], impl=jax.random.key_impl(template.key))
-        if not np.array_equal(arrays["key"], jax.random.key_data(template.key)):
+        try:
+            tree = tree_from_arrays(arrays, _as_tree(template) | records)
+        except ValueError as err:
+            raise CheckpointMismatch(f"resume: {self.path} holds a {phase} state {err}")
+        if not np.array_equal(jax.random.key_data(tree["key"]), jax.random.key_data(template.key)):
             raise CheckpointMismatch(f"resume: {self.path} holds another {phase} PRNG key")
-        worst = arrays.get("replay_worst")
         return TrainState(
-            int(arrays["step"]), **restored, key=key, history=history, replay_worst=worst
+            int(tree["step"]),
+            tree["params"],
+            tree["opt_state"],
+            tree["mean"],
+            tree["key"],
+            {name: [float(x) for x in values] for name, values in tree["history"].items()},
+            tree["replay_worst"],
         )
 
     def saver(self, phase: str, steps: int) -> Callable[[TrainState], None]:
@@ -150,14 +147,9 @@ class Checkpoints:
         return on_step
 
     def save(self, phase: str, state: TrainState) -> None:
-        arrays = {"step": np.asarray(state.step), "key": np.asarray(jax.random.key_data(state.key))}
-        for part in ("params", "opt_state", "mean"):
-            for i, leaf in enumerate(jax.tree.leaves(getattr(state, part))):
-                arrays[f"{part}/{i}"] = np.asarray(leaf)
-        for name, values in state.history.items():
-            arrays[f"history/{name}"] = np.asarray(values, np.float64)
-        if state.replay_worst is not None:
-            arrays["replay_worst"] = np.asarray(state.replay_worst, np.int64)
+        """Keep ``state`` as the state of ``phase`` and write the checkpoint (every phase's
+        latest state)."""
+        arrays = tree_arrays(_as_tree(state))
         with self._lock:
             self.phases[phase] = arrays
             if not self.write:
@@ -198,3 +190,79 @@ class Checkpoints:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+def _as_tree(state: TrainState) -> dict:
+    """``state`` as the pytree a checkpoint holds: host records as NumPy arrays."""
+    worst = state.replay_worst
+    return {
+        "step": np.asarray(state.step, np.int64),
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "mean": state.mean,
+        "key": state.key,
+        "history": {name: np.asarray(v, np.float64) for name, v in state.history.items()},
+        "replay_worst": None if worst is None else np.asarray(worst, np.int64),
+    }
+
+
+def _subtree(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {
+        name.removeprefix(prefix + "/"): value
+        for name, value in arrays.items()
+        if name.startswith(prefix + "/")
+    }
+
+
+def _is_key(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _host(leaf) -> np.ndarray:
+    return np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+
+
+def _name(path) -> str:
+    def part(entry) -> str:
+        if isinstance(entry, jax.tree_util.GetAttrKey):
+            return entry.name
+        if isinstance(entry, jax.tree_util.SequenceKey):
+            return str(entry.idx)
+        return str(entry.key)  # DictKey, FlattenedIndexKey
+
+    return "/".join(part(entry) for entry in path)
+
+
+def tree_arrays(tree: PyTree) -> dict[str, np.ndarray]:
+    """Every leaf of ``tree`` as a NumPy array named by its path (``opt_state/1/0/mu``:
+    dictionary keys, attribute names and positions joined by ``/``); a typed PRNG key as its
+    key data. Inverse: :func:`tree_from_arrays`."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {_name(path): _host(leaf) for path, leaf in flat}
+
+
+def tree_from_arrays(arrays: Mapping[str, np.ndarray], like: PyTree) -> PyTree:
+    """The pytree of structure ``like`` whose leaves are ``arrays`` (as written by
+    :func:`tree_arrays`), bit for bit: a leaf of ``like`` that is a JAX array comes back as
+    one, a typed PRNG key with ``like``'s implementation. Raises ``ValueError`` (one line)
+    naming the first entry missing, left over, or of another shape or dtype than ``like``'s.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    names = [_name(path) for path, _ in flat]
+    extra = sorted(set(arrays) - set(names))
+    if extra:
+        raise ValueError(f"with an entry {extra[0]!r} this run does not have")
+    leaves = []
+    for name, (_, leaf) in zip(names, flat):
+        saved, expected = arrays.get(name), _host(leaf)
+        if saved is None or saved.shape != expected.shape or saved.dtype != expected.dtype:
+            got = "none" if saved is None else f"{saved.dtype}{list(saved.shape)}"
+            raise ValueError(
+                f"of another shape: {name} is {got}, expected "
+                f"{expected.dtype}{list(expected.shape)}"
+            )
+        if _is_key(leaf):
+            leaves.append(jax.random.wrap_key_data(saved, impl=jax.random.key_impl(leaf)))
+        else:
+            leaves.append(jax.numpy.asarray(saved) if isinstance(leaf, jax.Array) else saved)
+    return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -1,7 +1,8 @@
 """Command line: ``python -m descent_opt +experiment=NAME [overrides]``.
 
 A thin layer: Hydra composes the configuration, :mod:`descent_opt.config` validates it, the
-library does the work, and this module writes the outputs into Hydra's run directory.
+job registry (:mod:`descent_opt.jobs`) finds the job, which does the work, and this module
+writes its outputs into Hydra's run directory.
 Bad input ends with one line on stderr naming the key and what is allowed, exit status 2,
 and no result files.
 """
@@ -19,7 +20,11 @@ log = logging.getLogger("descent_opt")
 
 
 def config_dir() -> Path:
-    """``conf/``: packaged inside the wheel, or at the top of a source checkout."""
+    """``conf/``: packaged inside the wheel, or at the top of a source checkout; the
+    declared defaults it composes first are registered with Hydra on the way."""
+    from descent_opt.config import register_defaults
+
+    register_defaults()
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "config.yaml").is_file():
@@ -129,16 +134,18 @@ def run(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from descent_opt.config import EXPERIMENTS, ConfigError, from_mapping
-    from descent_opt.jobs import job
+    from descent_opt.config import ConfigError, from_mapping
+    from descent_opt.jobs import JOBS, check_experiment, job
 
     logging.getLogger("jax").setLevel(logging.WARNING)
 
     try:
-        config = from_mapping(OmegaConf.to_container(cfg, resolve=True))
+        composed = OmegaConf.to_container(cfg, resolve=True)
+        check_experiment(composed.get("experiment"))
+        config = from_mapping(composed)
         if config.experiment is None:
             raise ConfigError(
-                "experiment", "chosen with +experiment=NAME, NAME one of " + ", ".join(EXPERIMENTS)
+                "experiment", "chosen with +experiment=NAME, NAME one of " + ", ".join(JOBS)
             )
         from descent_opt.distributed import initialize
 
@@ -159,14 +166,14 @@ def run(cfg) -> None:
     from descent_opt.checkpoint import CheckpointMismatch, Checkpoints, Interrupted
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    module = job(config.experiment)
+    chosen = job(config.experiment)
     checkpoints = Checkpoints(
         out_dir,
         config.settings(),
         config.checkpoint_every_steps,
         write=jax.process_index() == 0,
     )
-    extra = {"checkpoints": checkpoints} if getattr(module, "CHECKPOINTED", False) else {}
+    extra = {"checkpoints": checkpoints} if chosen.checkpointed else {}
     if extra and config.resume:
         try:
             if not checkpoints.load():
@@ -176,14 +183,14 @@ def run(cfg) -> None:
     progress, close = _make_progress(config.progress)
     try:
         with checkpoints.catch_signals():
-            result = module.run(config, progress=progress, **extra)
+            result = chosen.run(config, progress=progress, **extra)
     except Interrupted as err:
         close()
         fail(str(err), status=128 + err.signum)
-    except getattr(module, "BAD_INPUT", ()) as err:
+    except chosen.bad_input as err:
         close()
         fail(str(err))
-    except getattr(module, "FAILURES", ()) as err:
+    except chosen.failures as err:
         close()
         fail(str(err), status=1)
     finally:
@@ -191,8 +198,8 @@ def run(cfg) -> None:
 
     if jax.process_index() != 0:  # every process has the whole result; one writes it
         return
-    module.write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
-    print(module.summary(result))
+    chosen.write_outputs(result, config, out_dir, wall_time_s=time.perf_counter() - start)
+    print(chosen.summary(result))
     print(f"\nOutputs in {out_dir}")
 
 

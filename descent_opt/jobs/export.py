@@ -10,10 +10,8 @@ from pathlib import Path
 from descent_opt.config import ConfigError, RunConfig
 from descent_opt.export import load_gains, load_provenance, provenance, write_gain_table
 from descent_opt.guidance import Gains
-from descent_opt.jobs import Progress
+from descent_opt.jobs import Job, Progress
 from descent_opt.rundir import write_metrics
-
-BAD_INPUT = (ConfigError,)
 
 
 @dataclasses.dataclass
@@ -50,5 +48,17 @@ def write_outputs(
 
 
 def summary(result: ExportResult) -> str:
+    """The line printed at the end."""
     rows = int(result.gains.altitude_breakpoints_m.shape[0])
     return f"Exported {result.source} ({rows} breakpoints) as gains.json, .csv, .npz and .h"
+
+
+# Reads only the top-level key ``gains``.
+JOB = Job(
+    name="export",
+    groups=(),
+    run=run,
+    write_outputs=write_outputs,
+    summary=summary,
+    bad_input=(ConfigError,),
+)

@@ -22,15 +22,11 @@ import numpy as np
 from descent_opt import certification, report
 from descent_opt.config import RunConfig
 from descent_opt.guidance import Gains
-from descent_opt.jobs import Progress, scenario_progress, starting_gains
-from descent_opt.population import (
-    SPEED_EDGES_MPS,
-    PopulationResult,
-    fly_members,
-    fly_population,
-)
+from descent_opt.jobs import FLIGHT_GROUPS, Job, Progress, starting_gains, use_precision
+from descent_opt.population import SPEED_EDGES_MPS, PopulationResult, fly_members
 from descent_opt.rundir import save_npz_atomic, write_metrics
 from descent_opt.simulate import Trace
+from descent_opt.stages import evaluate
 
 log = logging.getLogger("descent_opt")
 
@@ -94,7 +90,7 @@ def _where_diverged(config: RunConfig, gains: Gains, key, indices: list[int]) ->
 def run(config: RunConfig, *, progress: Progress | None = None) -> MonteCarloResult:
     """Fly the population (or re-fly ``evaluation.indices``) and gather the metrics."""
     start = time.perf_counter()
-    gains, source = starting_gains(config)
+    gains, source = starting_gains(config, use_precision(config))
     ev = config.evaluation
     key = config.population_key()
     common = {"seed": config.seed, "seed_offset": ev.seed_offset, "gains": source}
@@ -109,20 +105,8 @@ def run(config: RunConfig, *, progress: Progress | None = None) -> MonteCarloRes
         }
         return MonteCarloResult(metrics, None, records, traces)
 
-    population = fly_population(
-        config.sim,
-        gains,
-        config.sampler(),
-        config.success,
-        ev.n_scenarios,
-        key=key,
-        chunk_size=ev.chunk_size,
-        keep_failures=ev.keep_failures,
-        keep_records=ev.save_scenarios,
-        unlandable=config.unlandable,
-        progress=None
-        if progress is None
-        else scenario_progress(progress, "monte carlo", ev.n_scenarios),
+    population = evaluate(
+        config, gains, keep_records=ev.save_scenarios, progress=progress, phase="monte carlo"
     )
     tally = population.tally
     metrics = {
@@ -219,3 +203,12 @@ def summary(result: MonteCarloResult) -> str:
         worst = ", ".join(str(f["index"]) for f in m["failures"][:10])
         lines += ["", f"worst failures (index): {worst}"]
     return "\n".join(lines)
+
+
+JOB = Job(
+    name="monte_carlo",
+    groups=(*FLIGHT_GROUPS, "evaluation", "certification"),
+    run=run,
+    write_outputs=write_outputs,
+    summary=summary,
+)

@@ -7,20 +7,19 @@
    held-out population with nominal sensors (the fuel price of robustness when nothing fails).
 4. HAKUTO-R Mission 2 replay: LRF first valid at ``replay.lrf_acquisition_m`` with the
    altitude estimate ``replay.altitude_error_m`` too high at the start.
+
+Each step is a stage of :mod:`descent_opt.stages` (tune, evaluate, replay) that other jobs
+reuse.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from descent_opt import export, report
@@ -29,22 +28,16 @@ from descent_opt.config import RunConfig
 from descent_opt.export import gains_to_dict, write_gain_table
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains
-from descent_opt.jobs import Progress, scenario_progress, starting_gains
-from descent_opt.objectives import landing_metrics
-from descent_opt.optimize.gains import NonFiniteTraining, initial_state, tune_gains
-from descent_opt.population import PopulationResult, fly_population
+from descent_opt.jobs import FLIGHT_GROUPS, Job, Progress, starting_gains, use_precision
+from descent_opt.optimize.gains import NonFiniteTraining
 from descent_opt.rundir import write_metrics, write_text_atomic
-from descent_opt.scenarios import (
-    Scenario,
-    TerrainSpec,
-    replace_member,
-    sample_scenarios,
-)
-from descent_opt.simulate import Trace, simulate_traces
+from descent_opt.simulate import Trace
+from descent_opt.stages import evaluate, m2_replay_scenario, replay_m2, tune_side_by_side
 
-log = logging.getLogger("descent_opt")
-FAILURES = (NonFiniteTraining,)
-CHECKPOINTED = True  # run() takes checkpoints=
+__all__ = [
+    "JOB", "RobustGainsResult", "m2_replay_scenario", "run", "run_robust_gains", "summary",
+    "write_outputs",
+]  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -57,77 +50,6 @@ class RobustGainsResult:
     m2_traces: dict[str, Trace]
 
 
-def evaluate(
-    config: RunConfig,
-    gains: Gains,
-    *,
-    nominal_sensors: bool = False,
-    progress: Progress | None = None,
-    name: str = "",
-) -> PopulationResult:
-    """Fly ``gains`` over the held-out population (``evaluation.n_scenarios`` members of
-    :meth:`RunConfig.population_key`, ``evaluation.n_nominal_scenarios`` of its twin with
-    nominal sensors), with the configured faults or nominal sensors,
-    through the same chunked runner as ``monte_carlo``; per-scenario records are kept for
-    the plots. ``name`` names the gain table on the progress bar."""
-    faults = FaultCatalog.nominal(config.sim.lrf.max_range_m) if nominal_sensors else None
-    ev = config.evaluation
-    n = ev.n_nominal_scenarios if nominal_sensors else ev.n_scenarios
-    phase = "evaluating" + (f" {name} gains" if name else "")
-    phase += " (nominal sensors)" if nominal_sensors else ""
-    return fly_population(
-        config.sim,
-        gains,
-        config.sampler(faults),
-        config.success,
-        n,
-        key=config.population_key(nominal_sensors),
-        chunk_size=ev.chunk_size,
-        keep_failures=ev.keep_failures,
-        keep_records=True,
-        unlandable=config.unlandable,
-        progress=None if progress is None else scenario_progress(progress, phase, n),
-    )
-
-
-def m2_replay_scenario(config: RunConfig) -> Scenario:
-    """The nominal descent over flat mare with one fault: the LRF's first valid range at
-    ``replay.lrf_acquisition_m``, and an altitude estimate that starts too high by
-    ``replay.altitude_error_m`` (the sign that delays braking)."""
-    nominal = FaultCatalog.nominal(config.sim.lrf.max_range_m)
-    one = sample_scenarios(
-        config.scenario,
-        TerrainSpec(kind="flat"),
-        nominal,
-        config.vehicle.mass_initial_kg,
-        1,
-        key=jax.random.key(config.seed),
-        nominal_first=True,
-    )
-    return replace_member(
-        one,
-        0,
-        **{
-            "faults.acquisition_range_m": config.replay.lrf_acquisition_m,
-            "nav_position_error_m": jnp.array([0.0, 0.0, config.replay.altitude_error_m]),
-            "imu_bias_mps2": jnp.zeros(3),
-        },
-    )
-
-
-def _replay_block(config: RunConfig, outcome) -> dict:
-    m = jax.tree.map(lambda x: np.asarray(x)[0], landing_metrics(outcome, config.success))
-    speed = float(np.linalg.norm(np.asarray(outcome.touchdown_velocity_mps)[0]))
-    return {
-        "touchdown_speed_mps": speed,
-        "touchdown_vz_mps": float(m.vertical_speed_mps),
-        "touchdown_vh_mps": float(m.horizontal_speed_mps),
-        "fuel_kg": float(m.fuel_kg),
-        "success": bool(m.success),
-        "landed": bool(m.landed),
-    }
-
-
 def run(
     config: RunConfig,
     *,
@@ -137,75 +59,38 @@ def run(
 ) -> RobustGainsResult:
     """Tune baseline and robust gains, evaluate both, replay Mission 2.
 
-    ``progress`` (:class:`~descent_opt.jobs.Progress`) is told of every optimisation step;
-    ``checkpoints`` (:class:`~descent_opt.checkpoint.Checkpoints`) saves both tunings as
-    they go and holds the state a resumed run continues from."""
+    ``progress`` (:class:`~descent_opt.jobs.Progress`) is told of every optimisation step
+    and evaluated scenario; ``checkpoints`` (:class:`~descent_opt.checkpoint.Checkpoints`)
+    saves both tunings as they go and holds the state a resumed run continues from."""
     start = time.perf_counter()
-    design, _ = starting_gains(config)
+    dtype = use_precision(config)
+    design, _ = starting_gains(config, dtype)
     initial = design if initial is None else initial
-    key = jax.random.key(config.seed)
-    k_base, k_robust = jax.random.split(key)
-    nominal = FaultCatalog.nominal(config.sim.lrf.max_range_m)
-
-    def tune(phase, catalog, k):
-        steps = config.optimizer.steps
-        callback = None
-        if progress is not None:
-            callback = lambda i, parts: progress(  # noqa: E731
-                f"tuning {phase} gains",
-                1,
-                steps,
-                "step",
-                {"objective": parts["objective"], "fuel": parts["fuel_fraction"]},
-            )
-        start = on_step = None
-        within = contextlib.nullcontext()
-        if checkpoints is not None:
-            start = checkpoints.state(phase, initial_state(initial, config.optimizer, key=k))
-            if start is not None:
-                log.info("resuming %s tuning after step %d of %d", phase, start.step, steps)
-            on_step = checkpoints.saver(phase, steps)
-            within = checkpoints.tuning_phase()
-        with within:
-            return tune_gains(
-                config.sim,
-                initial,
-                config.sampler(catalog),
-                config.success,
-                config.objective,
-                config.optimizer,
-                key=k,
-                progress=callback,
-                start=start,
-                on_step=on_step,
-            )
-
-    # Same design, objective, budget and optimiser for both; only the sensors differ. On one
-    # device the two tunings run side by side: a step's small kernels keep one CPU core
-    # busy, so two fill two cores (1.5x on the development machine); each gives the gains
-    # it gives alone. Over several devices each step is one program on all of them, and two
-    # such programs dispatched at once may queue in different orders on different devices
-    # and wait on each other's collectives: there they run one after the other.
-    with ThreadPoolExecutor(2 if len(jax.local_devices()) == 1 else 1) as pool:
-        base_run = pool.submit(tune, "baseline", nominal, k_base)
-        robust_run = pool.submit(tune, "optimized", config.faults, k_robust)
-        baseline, history_base = base_run.result()
-        optimized, history_opt = robust_run.result()
-
-    gains = {"baseline": baseline, "optimized": optimized}
-    held = {name: evaluate(config, g, progress=progress, name=name) for name, g in gains.items()}
-    held_clean = {
-        name: evaluate(config, g, nominal_sensors=True, progress=progress, name=name)
-        for name, g in gains.items()
+    k_base, k_robust = jax.random.split(jax.random.key(config.seed))
+    # Same design, objective, budget and optimiser for both; only the sensors differ.
+    catalogs = {
+        "baseline": (FaultCatalog.nominal(config.sim.lrf.max_range_m), k_base),
+        "optimized": (config.faults, k_robust),
     }
+    tuned = tune_side_by_side(config, initial, catalogs, progress=progress, checkpoints=checkpoints)
+    gains = {name: g for name, (g, _) in tuned.items()}
+    history = {name: h for name, (_, h) in tuned.items()}
 
-    replay = m2_replay_scenario(config)
-    m2 = {}
-    traces = {}
-    for name, g in (("baseline", baseline), ("optimized", optimized)):
-        outcome, trace = simulate_traces(config.sim, g, replay)
-        m2[name] = _replay_block(config, outcome)
-        traces[name] = jax.tree.map(lambda x: np.asarray(x)[0], trace)
+    def evaluated(nominal_sensors: bool) -> dict[str, dict]:
+        suffix = " (nominal sensors)" if nominal_sensors else ""
+        return {
+            name: evaluate(
+                config,
+                g,
+                nominal_sensors=nominal_sensors,
+                progress=progress,
+                phase=f"evaluating {name} gains{suffix}",
+            )
+            for name, g in gains.items()
+        }
+
+    held, held_clean = evaluated(False), evaluated(True)
+    m2, traces = replay_m2(config, gains, dtype)
 
     summary = {name: r.tally.summary() for name, r in held.items()}
     summary_clean = {name: r.tally.summary() for name, r in held_clean.items()}
@@ -229,15 +114,15 @@ def run(
         "training": {
             name: {k: float(v[-1]) for k, v in h.items()}
             | {"nonfinite_grad_total": int(np.sum(h["nonfinite_grad"]))}
-            for name, h in (("baseline", history_base), ("optimized", history_opt))
+            for name, h in history.items()
         },
         "job_time_s": time.perf_counter() - start,
     }
     return RobustGainsResult(
-        baseline=baseline,
-        optimized=optimized,
+        baseline=gains["baseline"],
+        optimized=gains["optimized"],
         metrics=metrics,
-        history={"baseline": history_base, "optimized": history_opt},
+        history=history,
         heldout={name: r.records for name, r in held.items()},
         m2_traces=traces,
     )
@@ -309,3 +194,18 @@ def write_outputs(
         written.append(directory / name)
     written.append(write_metrics(directory, dict(result.metrics, wall_time_s=wall_time_s)))
     return written
+
+
+GROUPS = (
+    *FLIGHT_GROUPS, "objective", "optimizer", "checkpoint", "evaluation", "certification",
+    "replay",
+)  # fmt: skip
+JOB = Job(
+    name="robust_gains",
+    groups=GROUPS,
+    run=run,
+    write_outputs=write_outputs,
+    summary=summary,
+    checkpointed=True,
+    failures=(NonFiniteTraining,),
+)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from descent_opt.config import RunConfig
+from descent_opt.jobs import Job
 from descent_opt.optimize.thrust_schedule import Schedule, ScheduleProblem, solve_schedules
 from descent_opt.rundir import save_figure_atomic, save_npz_atomic, write_metrics, write_text_atomic
 
@@ -65,9 +66,6 @@ def _why_infeasible(config: RunConfig, s: Schedule, i: int) -> str:
         f"propellant limits (best miss {float(s.terminal_position_error_m[i]):.1f} m, "
         f"{float(s.terminal_velocity_error_mps[i]):.2f} m/s)"
     )
-
-
-BAD_INPUT = (InfeasibleProblem,)
 
 
 def run(config: RunConfig, *, progress=None) -> ThrustScheduleResult:
@@ -196,3 +194,13 @@ def summary(result: ThrustScheduleResult) -> str:
         f"Batch: {b['n_converged']}/{b['n_problems']} converged, fuel {b['fuel_kg_min']:.2f}-"
         f"{b['fuel_kg_max']:.2f} kg (mean {b['fuel_kg_mean']:.2f})"
     )
+
+
+JOB = Job(
+    name="thrust_schedule",
+    groups=("vehicle", "moon", "scenario", "thrust_schedule"),
+    run=run,
+    write_outputs=write_outputs,
+    summary=summary,
+    bad_input=(InfeasibleProblem,),
+)
