@@ -134,7 +134,7 @@ def run(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from descent_opt.config import ConfigError, from_mapping
+    from descent_opt.config import ConfigError, read_config
     from descent_opt.jobs import JOBS, check_experiment, job
 
     logging.getLogger("jax").setLevel(logging.WARNING)
@@ -142,7 +142,7 @@ def run(cfg) -> None:
     try:
         composed = OmegaConf.to_container(cfg, resolve=True)
         check_experiment(composed.get("experiment"))
-        config = from_mapping(composed)
+        config = read_config(composed)
         if config.experiment is None:
             raise ConfigError(
                 "experiment", "chosen with +experiment=NAME, NAME one of " + ", ".join(JOBS)

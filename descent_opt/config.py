@@ -502,14 +502,3 @@ def decided_horizon(vehicle: Vehicle, gravity_mps2: float, scenario: ScenarioSpe
         scenario.v0_mps[2] + six * scenario.velocity_sigma_mps[2],
         vehicle.mass_initial_kg + six * scenario.mass_sigma_kg,
     )
-
-
-from_mapping = read_config  # the earlier name
-
-
-def __getattr__(name):
-    if name == "EXPERIMENTS":
-        from descent_opt.jobs import JOBS
-
-        return JOBS
-    raise AttributeError(name)
