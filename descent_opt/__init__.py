@@ -6,13 +6,12 @@ Library first: build a :class:`~descent_opt.config.RunConfig` (``load_config`` c
 does the same through Hydra and writes the outputs.
 """
 
+from descent_opt._version import __version__
 from descent_opt.config import ConfigError, RunConfig, read_config
 from descent_opt.export import load_gains, write_gain_table
 from descent_opt.guidance import Gains, default_gains
 from descent_opt.jobs.robust_gains import RobustGainsResult, run_robust_gains, write_outputs
 from descent_opt.simulate import SimSpec
-
-__version__ = "0.1.0"
 
 
 def load_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -41,6 +40,7 @@ __all__ = [
     "RobustGainsResult",
     "RunConfig",
     "SimSpec",
+    "__version__",
     "default_gains",
     "load_config",
     "load_gains",

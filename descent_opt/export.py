@@ -193,7 +193,7 @@ def provenance(config, **extra) -> dict:
     import subprocess
     import time
 
-    from descent_opt import __version__
+    from descent_opt._version import __version__
 
     commit = None
     try:

@@ -24,6 +24,10 @@ How it is laid out for speed (the model is the same whatever the layout;
 - time runs in blocks of ``block_steps`` steps, and a block in which every scenario has
   already landed is skipped (exact: landed scenarios are frozen);
 - on the CPU, populations fly in cache-sized chunks, one share per core from threads.
+
+Over 400 lines because the closed-loop step, its time loops (planned horizon, blocks,
+the flights still airborne after it) and the population entry points share the private
+per-flight state (``_Flight``, ``_Carry``) that the speed layout above depends on.
 """
 
 from __future__ import annotations

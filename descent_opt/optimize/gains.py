@@ -9,6 +9,10 @@ which removes most of the minibatch noise of the last steps. Non-finite gradient
 zeroed and counted per step (``nonfinite_grad`` in the history); a step whose objective or
 whole gradient is not finite, or gains that stop being finite, ends tuning with
 :class:`NonFiniteTraining`.
+
+Over 400 lines because the tuning step, the failure-replay strata that feed it and the
+resumable state it advances are one algorithm; split, each part would expose the others'
+private layout.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ problem, solved by a Riccati recursion in O(N) small dense operations instead of
 factorisation of the whole Hessian (O(N^3)). The method is Mehrotra's predictor-corrector with
 Nesterov-Todd scaling, as in the standard cone-QP solvers. It is written for one program; the
 callers vmap it over a batch.
+
+Over 400 lines because it is one solver: the cone algebra, the Riccati solve of each
+Newton system and the iteration share their stage-wise data layout.
 """
 
 from __future__ import annotations

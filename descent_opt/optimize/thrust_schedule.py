@@ -41,6 +41,11 @@ Method
    thrust is projected onto its bounds. Reported states and fuel are those of that flight.
 
 Everything runs in float64 (the interior-point method needs it), vmapped over the batch.
+
+Over 400 lines because the discretisation, the convex subproblem assembled from it, the
+final-time search over those subproblems and the polish of the held-thrust schedule all
+read the same node layout; the generic cone solver lives apart
+(:mod:`descent_opt.optimize.interior_point`).
 """
 
 from __future__ import annotations
