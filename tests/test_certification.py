@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from descent_opt import certification
-from descent_opt.faults import FAULT_CLASSES
-from descent_opt.population import Tally
+from descent_opt.faults import FAULT_CLASSES, FAULT_FIELDS, faults_of
 from descent_opt.statistics import clopper_pearson_lower
+from descent_opt.tally import Tally
 
 
 @pytest.mark.parametrize(
@@ -71,14 +71,11 @@ def _records(n, seed):
 
 def test_landable_classes_counted_apart_and_merged_in_any_split():
     rows = [_records(3000, s) for s in range(3)]
-    whole = Tally(unlandable=("lrf_absent",), planned_duration_s=180.0)
-    for r in rows:
-        whole.add(r, {})
-    parts = []
-    for r in rows:
-        t = Tally(unlandable=("lrf_absent",), planned_duration_s=180.0)
-        t.add(r, {})
-        parts.append(t)
+    settings = dict(unlandable=("lrf_absent",), planned_duration_s=180.0)
+    whole = Tally.of_records(
+        {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}, {}, **settings
+    )
+    parts = [Tally.of_records(r, {}, **settings) for r in rows]
     merged = parts[2]
     merged.merge(parts[0])
     merged.merge(parts[1])
@@ -87,7 +84,8 @@ def test_landable_classes_counted_apart_and_merged_in_any_split():
 
     success = np.concatenate([r["success"] for r in rows])
     absent = np.concatenate([r["absent"] for r in rows])
-    dark = np.concatenate([r["heavy_tail_scale_m"] for r in rows]) > 0
+    columns = {k: np.concatenate([r[k] for r in rows]) for k in FAULT_FIELDS}
+    dark = FAULT_CLASSES["dark_terrain"](faults_of(columns))
     landable = cert["overall"]
     assert landable["n_scenarios"] == int((~absent).sum())
     assert landable["success_rate"] == pytest.approx(success[~absent].mean())

@@ -13,7 +13,13 @@ import pytest
 
 from descent_opt import dynamics, sensors
 from descent_opt import terrain as terrain_lib
-from descent_opt.faults import NEVER_LATE_M, FaultCatalog, late_acquisition, sample_faults
+from descent_opt.faults import (
+    FAULT_CLASSES,
+    NEVER_LATE_M,
+    FaultCatalog,
+    late_acquisition,
+    sample_faults,
+)
 from descent_opt.noise import sample_step_noise
 from descent_opt.scenarios import TerrainSpec, base_terrain
 
@@ -351,9 +357,10 @@ def test_faults_drawn_independently(faults):
     """Latency and dropout (and dark terrain and rim step) co-occur at the product of their
     rates, within 5 binomial sigmas: the draws use independent keys."""
     c = CATALOG
-    both = (faults.latency_s > 0) & (faults.dropout_prob > 0)
+    has = {name: member(faults) for name, member in FAULT_CLASSES.items()}
+    both = has["latency"] & has["dropouts"]
     _check_rate(both, c.latency_rate * c.dropout_rate)
-    both = (faults.heavy_tail_scale_m > 0) & (faults.rim_step_height_m > 0)
+    both = has["dark_terrain"] & has["rim_step"]
     _check_rate(both, c.dark_terrain_rate * c.rim_step_rate)
 
 

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tables import render
 
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
@@ -449,139 +450,6 @@ def roofline(population: int = 65536) -> dict:
     return {"roofline": result}
 
 
-def _markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = [
-        "# descent_opt benchmark",
-        "",
-        f"{m['date']}; {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; "
-        f"jax {m['jax']} ({m['backend']}: {m['device']} x {m['devices']}), numpy {m['numpy']}, "
-        f"Python {m['python']}; command: `{result['command']}`.",
-        "",
-    ]
-    if "closed_loop_table" in result:
-        cores = result["closed_loop_table"][0]["numpy_processes"]
-        lines += [
-            "## Closed loop, forward (M scenario-steps/s)",
-            "",
-            f"| scenarios | JAX | NumPy, 1 process | NumPy, {cores} processes | JAX / NumPy "
-            f"(the faster) | JAX / NumPy ({cores} processes) |",
-            "|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in result["closed_loop_table"]:
-            lines.append(
-                f"| {r['population']:,} | {r['jax_steps_per_s'] / 1e6:.2f} | "
-                f"{r['numpy_1_process_steps_per_s'] / 1e6:.2f} | "
-                f"{r['numpy_all_cores_steps_per_s'] / 1e6:.2f} | "
-                f"{r['speedup_vs_numpy']:.2f}x | {r['speedup_vs_numpy_all_cores']:.2f}x |"
-            )
-        lines.append("")
-    if "grad" in result:
-        lines += [
-            "## Training objective, value and gradient",
-            "",
-            "| scenarios | horizon (s) | time (s) | M scenario-steps/s | program memory (MB) |",
-            "|---:|---:|---:|---:|---:|",
-        ]
-        for r in result["grad"]:
-            mem = "n/a" if r["program_memory_mb"] is None else f"{r['program_memory_mb']:.1f}"
-            lines.append(
-                f"| {r['population']:,} | {r['horizon_s']:g} | {r['value_and_grad_s']:.3f} | "
-                f"{r['scenario_steps_per_s'] / 1e6:.3f} | {mem} |"
-            )
-        lines.append("")
-    if "compile_s" in result:
-        c = result["compile_s"]
-        lines += [
-            "## Compile time of the main job's programs, cold (s)",
-            "",
-            "| training step | held-out evaluation | replay traces | total |",
-            "|---:|---:|---:|---:|",
-            f"| {c['training_step_s']:.1f} | {c['evaluation_s']:.1f} | "
-            f"{c['replay_traces_s']:.1f} | {c['total_s']:.1f} |",
-            "",
-        ]
-    if "thrust_schedule" in result:
-        t = result["thrust_schedule"]
-        lines += [
-            "## Thrust schedules against cvxpy + Clarabel (all cores)",
-            "",
-            "| problems | JAX (problems/s) | cvxpy + Clarabel (problems/s) | speed-up | "
-            "max fuel gap |",
-            "|---:|---:|---:|---:|---:|",
-            f"| {t['problems']:,} | {t['jax_problems_per_s']:.1f} | "
-            f"{t['cvxpy_problems_per_s']:.2f} | {t['speedup']:.1f}x | "
-            f"{100 * t['max_fuel_gap']:+.3f} % |",
-            "",
-        ]
-    if "main_job_s" in result:
-        lines += [
-            "## Main job",
-            "",
-            f"`python -m descent_opt +experiment=robust_gains`: wall_time_s "
-            f"{result['main_job_s']:.1f} s ({result['main_job_process_s']:.1f} s for the "
-            f"process); held-out success of the optimized gains "
-            f"{100 * result['main_job_success_rate']:.2f} %, Mission 2 replay "
-            f"{result['main_job_m2_replay_mps']:.2f} m/s.",
-            "",
-        ]
-    if "monte_carlo" in result:
-        r = result["monte_carlo"]
-        lines += [
-            "## Monte Carlo",
-            "",
-            f"`python -m descent_opt +experiment=monte_carlo evaluation.n_scenarios="
-            f"{r['n_scenarios']}`: {r['scenarios_per_s']:,.0f} scenarios/s including "
-            f"compilation ({r['process_s']:.1f} s for the process), peak memory "
-            f"{r['peak_memory_gb']:.2f} GB; success {100 * r['success_rate']:.3f} %.",
-            "",
-        ]
-    if "devices" in result:
-        r = result["devices"]
-        lines += [
-            "## Monte Carlo over forced host devices (scenarios/s, including compilation)",
-            "",
-            f"`+experiment=monte_carlo evaluation.n_scenarios={r['n_scenarios']}`, "
-            f"`XLA_FLAGS=--xla_force_host_platform_device_count=1|2`, {r['repeats']} pairs "
-            f"of fresh processes, alternating; medians, and the range of the pairs' ratios:",
-            "",
-            "| compilation cache | 1 device | 2 devices | 2 / 1 (pairs) | CPU s, 1 / 2 |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for mode in ("cold", "warm"):
-            m = r[mode]
-            low, high = m["ratio_range"]
-            lines.append(
-                f"| {mode} | {m['one_device']:,.0f} | {m['two_devices']:,.0f} | "
-                f"{m['ratio']:.3f} ({low:.3f} to {high:.3f}) | "
-                f"{m['cpu_s_one']:.1f} / {m['cpu_s_two']:.1f} |"
-            )
-        lines.append("")
-    if "roofline" in result:
-        r = result["roofline"]
-        lines += [
-            "## Roofline (one closed-loop step)",
-            "",
-            f"- {r['flops_per_scenario_step']:.0f} flops and "
-            f"{r['transcendentals_per_scenario_step']:.0f} transcendentals per scenario-step "
-            "(XLA cost analysis);",
-            f"- at least {r['minimum_bytes_per_scenario_step']:.0f} bytes per scenario-step: "
-            f"the {r['carry_bytes_per_scenario']:.0f}-byte carried state in and out, the "
-            f"{r['fixed_bytes_per_scenario']:.0f} bytes of fixed scenario data (terrain, "
-            f"faults, key) and {r['draw_bytes_per_scenario_step']:.0f} bytes of draws; "
-            f"split into kernels as XLA splits it on the CPU, the step moves "
-            f"{r['cpu_program_bytes_per_scenario_step']:.0f};",
-            f"- {r['gpu']} (3.35 TB/s, 67 TFLOP/s fp32): compute bound "
-            f"{r['h100_compute_bound_steps_per_s']:.2e}, memory bound "
-            f"{r['h100_memory_bound_steps_per_s']:.2e} scenario-steps/s (10^6 scenarios x "
-            f"720 steps in {r['h100_bound_1e6_scenarios_s']:.2f} s); with the CPU's kernel "
-            f"split {r['h100_cpu_partition_bound_steps_per_s']:.2e} "
-            f"({r['h100_cpu_partition_1e6_scenarios_s']:.2f} s).",
-            "",
-        ]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the under-10-minute subset")
@@ -616,7 +484,7 @@ def main() -> None:
         result.update(roofline())
     result["bench_s"] = time.perf_counter() - started
     (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "bench.md").write_text(_markdown(result))
+    (args.out / "bench.md").write_text("# descent_opt benchmark\n\n" + render(result))
     print(
         f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.md'} ({result['bench_s']:.0f} s)"
     )
