@@ -9,8 +9,11 @@ depend on the device count and can flip a borderline landing. Compiling the sing
 program once per device costs one compilation per device instead; :class:`DeviceProgram`
 compiles it once, for the first device it is asked for, and loads that executable onto
 the other devices (what JAX itself does when it serves a GPU program from its persistent
-cache to another device). Where the loading is not supported (another JAX version, a
-backend that refuses it) the program is compiled for that device, as jit would.
+cache to another device). Where the loading is refused (a backend that does not support
+it) the program is compiled for that device, as jit would; where JAX's private hooks it
+needs are missing (another JAX version: an ImportError or AttributeError on import or on
+first use) every program is run by plain ``jax.jit`` instead, which compiles it once per
+device. Either way the outcomes are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +32,24 @@ import jax
 import numpy as np
 
 log = logging.getLogger("descent_opt")
+
+
+def _private_hooks():
+    """JAX's private and experimental hooks that load a serialized executable onto another
+    device, or None where this JAX version lacks them."""
+    try:
+        from jax._src.lib import xla_client
+        from jax.experimental import serialize_executable
+        from jax.extend.backend import get_compile_options
+
+        return xla_client.DeviceList, serialize_executable.serialize, get_compile_options
+    except (ImportError, AttributeError) as error:
+        log.debug("compiled programs will be compiled per device by jax.jit (%s)", error)
+        return None
+
+
+# Set to None (here, or on the first failed use) to run every program by plain jax.jit.
+_PRIVATE = _private_hooks()
 
 
 class _Relocating(pickle.Unpickler):
@@ -53,16 +74,15 @@ class _Relocating(pickle.Unpickler):
 
 def relocate(compiled: jax.stages.Compiled, device) -> jax.stages.Compiled:
     """The single-device executable ``compiled`` loaded onto ``device`` (same backend),
-    without compiling again."""
-    from jax._src.lib import xla_client
-    from jax.experimental import serialize_executable
-    from jax.extend.backend import get_compile_options
-
-    payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+    without compiling again (JAX's private hooks: AttributeError where they are missing)."""
+    if _PRIVATE is None:
+        raise AttributeError("JAX's hooks for loading a compiled program are missing")
+    device_list, serialize, get_compile_options = _PRIVATE
+    payload, in_tree, out_tree = serialize(compiled)
     options = get_compile_options(
         num_replicas=1, num_partitions=1, device_assignment=np.array([device])
     )
-    reader = _Relocating(io.BytesIO(payload), device, xla_client.DeviceList((device,)), options)
+    reader = _Relocating(io.BytesIO(payload), device, device_list((device,)), options)
     unloaded, args_info, no_kwargs = reader.load()
     # As JAX's own deserialize_and_load builds it; newer JAX versions take the program's
     # constants (none in a serialized program) before the argument description.
@@ -96,7 +116,10 @@ class DeviceProgram:
     With JAX's persistent compilation cache in use, every device's copy is compiled through
     it instead of loaded from the first device's: an executable read back from that cache
     on the CPU cannot be serialized whole again, and each device's copy is then in the cache
-    for later runs (on GPUs JAX serves one entry to every device)."""
+    for later runs (on GPUs JAX serves one entry to every device).
+
+    Without JAX's private loading hooks (:data:`_PRIVATE` None) it is plain ``jax.jit``:
+    each device compiles its own copy on first use."""
 
     def __init__(self, fun: Callable, max_programs: int = 64):
         def split_call(dynamic, static):
@@ -112,6 +135,8 @@ class DeviceProgram:
 
     def __call__(self, device, *args):
         dynamic, static = eqx.partition(args, eqx.is_array)
+        if _PRIVATE is None:
+            return self._jit(jax.device_put(dynamic, device), static)
         leaves, tree = jax.tree.flatten(dynamic)
         signature = (tree, tuple((x.shape, x.dtype) for x in leaves), static)
         home = jax.local_devices(backend=device.platform)[0]
@@ -153,12 +178,17 @@ class DeviceProgram:
             return slot
 
     def _load(self, slot: _Slot, first: jax.stages.Compiled, device, dynamic, static) -> None:
+        global _PRIVATE
         program = None
         if not _persistent_cache_in_use():
             try:
                 program = relocate(first, device)
                 self.relocated += 1
-            except Exception as error:  # noqa: BLE001 - any failure: compile instead
+            except (ImportError, AttributeError, TypeError) as error:
+                # This JAX version's private API differs: plain jax.jit from now on.
+                log.debug("JAX's program-loading hooks failed (%s): using jax.jit", error)
+                _PRIVATE = None
+            except Exception as error:  # noqa: BLE001 - any other failure: compile instead
                 log.debug("loading a compiled program onto %s failed (%s)", device, error)
         if program is None:
             program = self._jit.lower(jax.device_put(dynamic, device), static).compile()
