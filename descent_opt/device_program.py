@@ -14,6 +14,8 @@ it) the program is compiled for that device, as jit would; where JAX's private h
 needs are missing (another JAX version: an ImportError or AttributeError on import or on
 first use) every program is run by plain ``jax.jit`` instead, which compiles it once per
 device. Either way the outcomes are the same bit for bit.
+
+Callers reach it through the execution layer (:mod:`descent_opt.execution`).
 """
 
 from __future__ import annotations

@@ -20,22 +20,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import equinox as eqx
 import jax
 import numpy as np
 from jaxtyping import Array, Int, PRNGKeyArray
 
-from descent_opt import device_statistics
-from descent_opt.device_program import DeviceProgram
+from descent_opt import device_statistics, execution
 from descent_opt.device_statistics import QUANTITIES
 from descent_opt.distributed import allgather_objects, index_range
 from descent_opt.guidance import Gains
 from descent_opt.objectives import LandingMetrics, SuccessCriteria, landing_metrics
-from descent_opt.parallel import default_workers, map_pieces
 from descent_opt.scenarios import Scenario, ScenarioSampler
-from descent_opt.simulate import SimSpec, Trace, _simulate, simulate_traces
+from descent_opt.simulate import SimSpec, Trace, simulate, simulate_traces
 from descent_opt.tally import (
     DISPERSION_FIELDS,
     EXACT_LIMIT,
@@ -75,14 +72,14 @@ def _draw(sampler: ScenarioSampler, key: PRNGKeyArray, indices) -> Scenario:
 def _simulate_members(spec: SimSpec, gains: Gains, scenarios: Scenario, criteria):
     # The landing metrics inside the program: computed outside, their operations would
     # be compiled again, one by one, for every device.
-    outcome = _simulate(spec, gains, scenarios)
+    outcome = simulate(spec, gains, scenarios)
     return outcome, landing_metrics(outcome, criteria)
 
 
 # Every piece of every population is flown by this program, compiled once and loaded onto
 # each local device (:mod:`descent_opt.device_program`); scenarios are drawn on the first
 # device (a small fraction of the work: not worth a copy of the program per device).
-_fly = DeviceProgram(_simulate_members)
+_fly = execution.DeviceProgram(_simulate_members)
 
 
 def flight_size() -> int:
@@ -101,29 +98,25 @@ def default_chunk_size() -> int:
     return (16 if jax.default_backend() == "cpu" else 1) * flight_size()
 
 
-def _fly_pieces(
+def _flight(
     spec: SimSpec,
     gains: Gains,
     sampler: ScenarioSampler,
     criteria: SuccessCriteria,
     key: PRNGKeyArray,
-    pieces: list[np.ndarray],
+    piece: int,
     finish: Callable | None = None,
-) -> list:
-    """Each piece of members listed in ``pieces`` (each ``flight_size()`` long) drawn and
-    flown from threads, and ``finish(device, indices, scenarios, outcome, metrics)`` of it
-    (default: its records), in order: one piece per core at a time on a single CPU
-    device, one piece per device at a time when there are several local devices (piece
-    ``k`` on device ``k mod count``). Every piece runs the same single-device program: a
-    program partitioned over devices (SPMD) rounds differently in the last bit for a few
-    percent of members, which could flip a borderline landing; the program is compiled once
-    and loaded onto the other devices (:class:`DeviceProgram`)."""
-    spec = eqx.tree_at(lambda s: s.chunk_size, spec, len(pieces[0]), is_leaf=lambda x: x is None)
-    devices = jax.local_devices()
+) -> Callable:
+    """How one piece of members (an index array, ``piece`` long) is flown on a
+    device (:func:`descent_opt.execution.fly`): drawn, flown, then ``finish(device,
+    indices, scenarios, outcome, metrics)`` of it (default: its records). Every piece runs
+    the same single-device program: a program partitioned over devices (SPMD) rounds
+    differently in the last bit for a few percent of members, which could flip a
+    borderline landing; the program is compiled once and loaded onto the other devices
+    (:class:`~descent_opt.execution.DeviceProgram`)."""
+    spec = eqx.tree_at(lambda s: s.chunk_size, spec, piece, is_leaf=lambda x: x is None)
 
-    def fly(job):
-        position, indices = job
-        device = devices[position % len(devices)]
+    def fly(device, indices: np.ndarray):
         # Waiting for each program keeps the threads' flights from queueing behind each
         # other's on one device (measured: a quarter slower without).
         scenarios = jax.block_until_ready(_draw(sampler, key, np.asarray(indices, np.uint32)))
@@ -132,12 +125,7 @@ def _fly_pieces(
             return records_of(indices, scenarios, outcome, criteria, metrics)
         return finish(device, indices, scenarios, outcome, metrics)
 
-    workers = len(devices) if len(devices) > 1 else default_workers()
-    return map_pieces(fly, list(enumerate(pieces)), workers)
-
-
-def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return fly
 
 
 class _DeviceFold:
@@ -243,6 +231,7 @@ def fly_population(
     progress: Callable[[int, Tally], None] | None = None,
     fold_on_device: bool | None = None,
     exact_limit: int = EXACT_LIMIT,
+    workers: int | None = None,
 ) -> PopulationResult:
     """Fly members ``start .. start+n-1`` of the population of ``key`` with ``gains``, about
     ``chunk_size`` at a time (default :func:`default_chunk_size`; rounded up to whole
@@ -255,7 +244,8 @@ def fly_population(
     Each piece is folded into the statistics on the device that flew it
     (``fold_on_device``, the default unless every record is kept) or from its records on
     the host: the same tally bit for bit. Percentiles are exact up to ``exact_limit``
-    members and sketched beyond."""
+    members and sketched beyond. ``workers``: pieces flown at a time on a single CPU device
+    (default: one per core; :func:`descent_opt.execution.thread_count`)."""
     begin = time.perf_counter()
     processes = jax.process_count()
     total = n
@@ -281,26 +271,20 @@ def fly_population(
         device_fold = _DeviceFold(tally, bins, spec.duration_s, end, total <= exact_limit)
 
     def fold(parts: list) -> None:
-        nonlocal done
+        """Fold one chunk's pieces into the tally, then report it (a process's bar runs to
+        the population's size)."""
+        nonlocal done, reported
         if device_fold is not None:
             done += device_fold.add(parts)
-            return
-        records = _concatenate(parts)
-        valid = records["index"] < end
-        if not valid.all():
-            records = {k: v[valid] for k, v in records.items()}
-        tally.merge(Tally.of_records(records, bins, **tally.settings))
-        if keep_records:
-            kept.append(records)
-        done += int(valid.sum())
-
-    def settle(folding) -> None:
-        """Wait for a chunk's folding, then report it (a process's bar runs to the
-        population's size)."""
-        nonlocal reported
-        if folding is None:
-            return
-        folding.result()
+        else:
+            records = execution.join(parts)
+            valid = records["index"] < end
+            if not valid.all():
+                records = {k: v[valid] for k, v in records.items()}
+            tally.merge(Tally.of_records(records, bins, **tally.settings))
+            if keep_records:
+                kept.append(records)
+            done += int(valid.sum())
         if progress is not None:
             share = done * total // n
             progress(share - reported, tally)
@@ -308,17 +292,16 @@ def fly_population(
 
     if progress is not None:
         progress(0, tally)  # starts the clock of a progress bar before the first compile
-    # Each chunk is folded into the statistics on one background thread, in order and chunk
-    # by chunk as before, while the next chunk flies: on a GPU the host fold of records takes
-    # longer than the flight (the device fold leaves only the summaries to add here).
-    with ThreadPoolExecutor(1) as folder:
-        folding = None
-        for first in range(start, end, size):
-            pieces = [np.arange(p, p + piece) for p in range(first, min(first + size, end), piece)]
-            parts = _fly_pieces(spec, gains, sampler, criteria, key, pieces, device_fold)
-            settle(folding)
-            folding = folder.submit(fold, parts)
-        settle(folding)
+    # Each chunk is folded into the statistics on one background thread, in order, while the
+    # next chunk flies: on a GPU the host fold of records takes longer than the flight (the
+    # device fold leaves only the summaries to add here).
+    execution.fly(
+        _flight(spec, gains, sampler, criteria, key, piece, device_fold),
+        execution.pieces(range(start, end), piece),
+        workers=workers,
+        fold=fold,
+        group=size // piece,
+    )
     if device_fold is not None:
         device_fold.finish()
     if processes > 1:
@@ -329,7 +312,7 @@ def fly_population(
         kept = [r for _, records in parts for r in records]
     records = None
     if keep_records and kept:
-        records = {k: np.concatenate([r[k] for r in kept]) for k in kept[0]}
+        records = execution.join(kept)
     return PopulationResult(tally, records, time.perf_counter() - begin, size)
 
 
@@ -346,13 +329,13 @@ def fly_members(
     to the population run's) and per-step traces (scenario first)."""
     indices = np.asarray(indices, np.int64)
     piece = flight_size()
-    # The piece is filled up with the members that follow the last one asked for (a copy
-    # of one member would fly on as long as it does, thousands of times over).
-    filler = (indices.max() + 1 + np.arange(-len(indices) % piece)) % (MAX_MEMBER + 1)
-    padded = np.concatenate([indices, filler])
-    pieces = [padded[p : p + piece] for p in range(0, len(padded), piece)]
-    records = _concatenate(_fly_pieces(spec, gains, sampler, criteria, key, pieces))
-    records = {k: v[: len(indices)] for k, v in records.items()}
+    # The last piece is filled up with the members that follow the last one asked for.
+    records = execution.fly_batch(
+        _flight(spec, gains, sampler, criteria, key, piece),
+        indices,
+        piece,
+        fill=execution.following,
+    )
     scenarios = _draw(sampler, key, indices.astype(np.uint32))
     _, traces = simulate_traces(spec, gains, scenarios)
     return records, jax.tree.map(np.asarray, traces)

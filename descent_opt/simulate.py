@@ -23,7 +23,8 @@ How it is laid out for speed (the model is the same whatever the layout;
   fixed-point passes (3 terrain evaluations per step instead of 6);
 - time runs in blocks of ``block_steps`` steps, and a block in which every scenario has
   already landed is skipped (exact: landed scenarios are frozen);
-- on the CPU, populations fly in cache-sized chunks, one share per core from threads.
+- on the CPU, populations fly in cache-sized chunks, one share per core from threads
+  (:func:`simulate_population`, through :mod:`descent_opt.execution`).
 
 Over 400 lines because the closed-loop step, its time loops (planned horizon, blocks,
 the flights still airborne after it) and the population entry points share the private
@@ -39,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, UInt32
 
-from descent_opt import dynamics, navigation, noise, sensors
+from descent_opt import dynamics, execution, navigation, noise, sensors
 from descent_opt import terrain as terrain_lib
 from descent_opt.dynamics import LanderState, Scalar, Vec3, Vehicle, components
 from descent_opt.faults import Faults
@@ -52,7 +53,6 @@ from descent_opt.guidance import (
     prepare,
     scheduled,
 )
-from descent_opt.parallel import default_workers, map_shares
 from descent_opt.scenarios import Scenario
 
 
@@ -157,7 +157,7 @@ class Trace(eqx.Module):
     contingency: Bool[Array, " t"]
 
 
-_MIN_SHARE = 512  # smaller populations are flown by one thread
+_MIN_SHARE = 512  # simulate_population: scenarios per share at least (else fewer shares)
 
 
 class _Flight(eqx.Module):
@@ -484,44 +484,46 @@ def chunk_size(spec: SimSpec, n: int) -> int:
 
 
 @eqx.filter_jit
-def _simulate(spec: SimSpec, gains: Gains, scenarios: Scenario) -> Outcome:
-    n = scenarios.size
-    size = chunk_size(spec, n)
+def simulate(spec: SimSpec, gains: Gains, scenarios: Scenario) -> Outcome:
+    """Fly every scenario of a population with one set of gains: one jitted program,
+    differentiable in the gains, large populations flown in chunks of :func:`chunk_size`
+    one after another inside it. Outcomes do not depend on the chunking.
 
-    def fly(population):
+    A large population already on the host flies faster through
+    :func:`simulate_population` (one share per CPU core)."""
+
+    def fly(population: Scenario) -> Outcome:
         return _outcome(spec, population, _fly(spec, gains, population, keep_trace=False)[0])
 
-    if size >= n:
-        return fly(scenarios)
-    count = -(-n // size)
-    pad = count * size - n  # the last chunk is filled up with copies of member 0
-
-    def split(x):
-        if pad:
-            x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)])
-        return x.reshape((count, size) + x.shape[1:])
-
-    outcomes = jax.lax.map(fly, jax.tree.map(split, scenarios))
-    return jax.tree.map(lambda x: x.reshape((count * size,) + x.shape[2:])[:n], outcomes)
+    return execution.map_in_program(fly, scenarios, chunk_size(spec, scenarios.size))
 
 
-def simulate(
+# The host-level flight: ``simulate`` compiled once per piece shape and run on any local
+# device (:mod:`descent_opt.execution`).
+_simulate_on = execution.DeviceProgram(simulate)
+
+
+def simulate_population(
     spec: SimSpec, gains: Gains, scenarios: Scenario, *, workers: int | None = None
 ) -> Outcome:
-    """Fly every scenario of a population with one set of gains (jitted; differentiable in
-    gains). Large populations are flown in chunks (:func:`chunk_size`).
-
-    Called eagerly on the CPU, the population is cut into ``workers`` equal shares (default:
-    one per core, :mod:`descent_opt.parallel`) flown concurrently from as many threads:
-    XLA keeps a step's small kernels on one core, so one share per core doubles the
-    throughput of two cores. Under a trace (``jit``, ``grad``) it is one program. Outcomes
-    do not depend on ``workers`` or the chunking."""
+    """:func:`simulate` of a concrete population cut into pieces of one shape and flown
+    from threads (:mod:`descent_opt.execution`): on the CPU one share per core (default:
+    every usable core, each share at least ``_MIN_SHARE`` long; ``workers`` to choose),
+    each share flown in pieces of at most :func:`chunk_size`; one piece per device where
+    there are several. XLA keeps a step's small kernels on one core, so one share per core
+    doubles the throughput of two cores. Outcomes do not depend on ``workers`` or the
+    pieces. Not for traced arguments (under ``jit`` or ``grad`` call :func:`simulate`)."""
     n = scenarios.size
-    workers = default_workers() if workers is None else max(1, workers)
-    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((gains, scenarios)))
-    if traced or workers == 1 or n < workers * _MIN_SHARE:
-        return _simulate(spec, gains, scenarios)
-    return map_shares(lambda part: _simulate(spec, gains, part), scenarios, workers)
+    shares = execution.thread_count(workers)
+    if workers is None:
+        shares = min(shares, max(1, n // _MIN_SHARE))
+    size = execution.piece_size(n, shares, limit=chunk_size(spec, n))
+
+    def fly(device, piece: Scenario) -> Outcome:
+        # Each program waited for: the threads' flights do not queue behind each other's.
+        return jax.block_until_ready(_simulate_on(device, spec, gains, piece))
+
+    return execution.fly_batch(fly, scenarios, size, workers=shares)
 
 
 @eqx.filter_jit

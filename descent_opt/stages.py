@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +18,7 @@ from jaxtyping import PRNGKeyArray
 
 from descent_opt.checkpoint import Checkpoints
 from descent_opt.config import RunConfig
+from descent_opt.execution import concurrently
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains
 from descent_opt.jobs import Progress, scenario_progress
@@ -93,21 +93,20 @@ def tune_side_by_side(
     different devices and wait on each other's collectives: there they run one after the
     other."""
     workers = len(catalogs) if len(jax.local_devices()) == 1 else 1
-    with ThreadPoolExecutor(max(workers, 1)) as pool:
-        runs = {
-            phase: pool.submit(
-                tune,
-                config,
-                initial,
-                catalog,
-                key=key,
-                phase=phase,
-                progress=progress,
-                checkpoints=checkpoints,
-            )
-            for phase, (catalog, key) in catalogs.items()
-        }
-        return {phase: run.result() for phase, run in runs.items()}
+
+    def tune_one(phase: str):
+        catalog, key = catalogs[phase]
+        return tune(
+            config,
+            initial,
+            catalog,
+            key=key,
+            phase=phase,
+            progress=progress,
+            checkpoints=checkpoints,
+        )
+
+    return dict(zip(catalogs, concurrently(tune_one, catalogs, workers)))
 
 
 def evaluate(

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "descent_opt"
 
 LAYERS = (
     # foundations: no model, no JAX program of their own (or a generic one)
-    ("_version", "schema", "rundir", "noise", "parallel", "device_program", "distributed",
+    ("_version", "schema", "rundir", "noise", "device_program", "execution", "distributed",
      "statistics", "faults", "dynamics"),
     # the models of the lander, its sensors, the ground and the guidance
     ("terrain", "navigation", "sensors", "guidance", "scenarios", "certification"),

@@ -14,7 +14,7 @@ from shared_models import VEHICLE
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import default_gains
 from descent_opt.scenarios import ScenarioSpec, TerrainSpec, replace_member, sample_scenarios
-from descent_opt.simulate import SimSpec, simulate
+from descent_opt.simulate import SimSpec, simulate, simulate_population
 
 pytestmark = pytest.mark.slow  # end to end: see pyproject.toml
 
@@ -128,10 +128,11 @@ def test_outcomes_do_not_depend_on_chunking(outcomes):
 
 def test_outcomes_do_not_depend_on_worker_threads():
     """1,200 scenarios flown by one thread, and in three concurrent shares of 400: the same
-    outcomes, bit for bit."""
+    outcomes, bit for bit, as the one jitted program."""
     pop = sample_scenarios(
         SCENARIO_SPEC, TerrainSpec(), FaultCatalog(), 480.0, 1200, key=jax.random.key(2)
     )
-    one = simulate(SPEC, default_gains(), pop, workers=1)
-    three = simulate(SPEC, default_gains(), pop, workers=3)
+    one = simulate_population(SPEC, default_gains(), pop, workers=1)
+    three = simulate_population(SPEC, default_gains(), pop, workers=3)
     assert _identical(one, three)
+    assert _identical(one, simulate(SPEC, default_gains(), pop))

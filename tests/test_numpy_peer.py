@@ -32,7 +32,7 @@ from descent_opt import guidance, sensors
 from descent_opt.faults import FaultCatalog
 from descent_opt.objectives import landing_metrics
 from descent_opt.scenarios import ScenarioSpec, TerrainSpec, sample_scenarios
-from descent_opt.simulate import Outcome, SimSpec, simulate
+from descent_opt.simulate import Outcome, SimSpec, simulate, simulate_population
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "bench"))
 import numpy_closed_loop as ncl  # noqa: E402
@@ -149,7 +149,7 @@ def realistic_pair():
     config = descent_opt.load_config(["sim.max_duration_s=null"])  # the peer's horizon
     gains = guidance.default_gains(config.altitude_breakpoints_m)
     population = config.sampler()(jax.random.key(0), N_STATISTICAL)
-    reference = jax.tree.map(np.asarray, simulate(config.sim, gains, population))
+    reference = jax.tree.map(np.asarray, simulate_population(config.sim, gains, population))
     ours = ncl.simulate_numpy(config.sim, gains, ncl.scenarios_to_numpy(population), seed=0)
     zeros = np.zeros_like(ours["fuel_kg"])  # lockout bookkeeping: not part of the peer
     as_outcome = Outcome(

@@ -29,10 +29,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray
 
+from descent_opt import execution
 from descent_opt.guidance import NAV_GAINS, Gains
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, risk, scenario_loss
 from descent_opt.scenarios import Scenario
-from descent_opt.simulate import SimSpec, simulate
+from descent_opt.simulate import SimSpec, simulate, simulate_population
 
 Sampler = Callable[[PRNGKeyArray, int], Scenario]
 
@@ -207,10 +208,11 @@ def _train_step(
         # Data-parallel: the minibatch, padded to a multiple of the device count, is
         # sharded over the devices, each flies its share; the padding is masked out of the
         # risk (or weighs 0), and the gradient is summed over the devices.
-        pad = -batch % len(devices)
-        indices = jnp.concatenate([indices, jnp.arange(batch, batch + pad, dtype=indices.dtype)])
+        shares = len(devices)
+        following = lambda x, k: jnp.arange(batch, batch + k, dtype=x.dtype)  # noqa: E731
+        indices = execution.pad(indices, shares, following)
         if weights is not None:
-            weights = jnp.concatenate([weights, jnp.zeros(pad, weights.dtype)])
+            weights = execution.pad(weights, shares, lambda w, k: jnp.zeros(k, w.dtype))
         mesh = _scenario_mesh(devices)
     scenarios = sampler.members(key, indices)
     if mesh is not None:
@@ -268,7 +270,7 @@ def riskiest_members(
     # On the host first: gains replicated over several tuning devices would make each
     # share a program over all of them, and shares run concurrently (one per core).
     gains = jax.device_get(gains)
-    outcome = simulate(spec, gains, _draw_pool(sampler, key, pool))
+    outcome = simulate_population(spec, gains, _draw_pool(sampler, key, pool))
     losses = np.asarray(_pool_losses(outcome, criteria, objective))
     order = np.lexsort((np.arange(pool), -np.nan_to_num(losses, nan=np.inf)))
     return np.sort(order[:worst])

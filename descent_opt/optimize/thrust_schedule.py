@@ -57,10 +57,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from descent_opt import dynamics
+from descent_opt import dynamics, execution
 from descent_opt.dynamics import Vehicle, safe_norm
 from descent_opt.optimize import interior_point as ipm
-from descent_opt.parallel import default_workers, map_shares
 
 _MISS_TOL = 1e-6  # terminal miss (scaled) of a feasible convex solution
 _NEWTON_PENALTY = 1e-6  # above this terminal-miss penalty, the next t_f is a Newton step on it
@@ -669,17 +668,8 @@ def _solve_one(spec: ScheduleSpec, problem: ScheduleProblem) -> Schedule:
 def _solve_batch(spec: ScheduleSpec, problems: ScheduleProblem) -> Schedule:
     # Chunks run one after another, each vmapped: the interior-point loops of a chunk stop
     # when its slowest member converges, and small chunks stay in cache.
-    n = problems.mass0_kg.shape[0]
-    chunk = min(spec.chunk_size, n)
-    n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n
-
-    def split(x):
-        x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
-        return x.reshape((n_chunks, chunk) + x.shape[1:])
-
-    out = jax.lax.map(jax.vmap(lambda p: _solve_one(spec, p)), jax.tree.map(split, problems))
-    return jax.tree.map(lambda x: x.reshape((n_chunks * chunk,) + x.shape[2:])[:n], out)
+    chunk = min(spec.chunk_size, problems.mass0_kg.shape[0])
+    return execution.map_in_program(jax.vmap(lambda p: _solve_one(spec, p)), problems, chunk)
 
 
 def solve_schedules(
@@ -688,22 +678,21 @@ def solve_schedules(
     """Minimum-fuel schedules for a batch of initial states (vmapped, one compilation, float64
     whatever the global precision).
 
-    ``workers`` (default: one per CPU core, :mod:`descent_opt.parallel`): the batch is cut
-    into that many equal shares of whole chunks, solved concurrently from as many threads.
-    Every problem is solved on its own: the result does not depend on ``workers``, and
-    ``spec.chunk_size`` changes it only by rounding."""
+    ``workers`` (default: one per CPU core): the batch is cut into that many equal shares
+    of whole chunks, solved concurrently from as many threads (one per device where there
+    are several; :mod:`descent_opt.execution`). Every problem is solved on its own: the
+    result does not depend on ``workers``, and ``spec.chunk_size`` changes it only by
+    rounding."""
     with jax.enable_x64(True):
         problems = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), problems)
         n = problems.mass0_kg.shape[0]
         chunk = max(1, min(spec.chunk_size, n))
-        n_chunks = -(-n // chunk)
-        workers = default_workers() if workers is None else max(1, workers)
-        if min(workers, n_chunks) == 1:
-            return _solve_batch(spec, problems)
+        shares = execution.thread_count(workers)
+        size = execution.piece_size(n, shares, multiple=chunk)
 
-        def solve_share(part):
+        def solve_share(device, part: ScheduleProblem) -> Schedule:
             with jax.enable_x64(True):  # the precision setting is per thread
-                return _solve_batch(spec, part)
+                return _solve_batch(spec, jax.device_put(part, device))
 
-        # Whole chunks per share, equal shares: one compilation serves all.
-        return map_shares(solve_share, problems, workers, multiple=chunk)
+        # Equal shares of whole chunks: one compilation serves all.
+        return execution.fly_batch(solve_share, problems, size, workers=shares)

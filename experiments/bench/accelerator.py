@@ -67,18 +67,19 @@ def steady_state(n: int, pieces: list[int], workers: list[int], repeats: int) ->
         config.success,
         config.population_key(),
     )
-    default_piece, default_workers = population.flight_size, population.default_workers
+    default_piece = population.flight_size
 
     def fly(piece: int, threads: int) -> tuple[float, float]:
         """Seconds for the population, and its success rate."""
         population.flight_size = lambda: piece
-        population.default_workers = lambda: threads
         try:
             start = time.perf_counter()
-            result = population.fly_population(spec, gains, sampler, criteria, n, key=key)
+            result = population.fly_population(
+                spec, gains, sampler, criteria, n, key=key, workers=threads
+            )
             return time.perf_counter() - start, result.tally.summary()["success_rate"]
         finally:
-            population.flight_size, population.default_workers = default_piece, default_workers
+            population.flight_size = default_piece
 
     settings = [(p, w) for p in pieces for w in workers]
     for p in pieces:

@@ -7,9 +7,9 @@ Writes ``DIR/bench.json`` and ``DIR/bench.md``. Sections (``--skip`` any of them
 
 - ``closed_loop``: forward closed loop (default configuration: crater field, realistic
   faults, default gains, 720 steps of 0.25 s) in scenario-steps per second, counted over the
-  nominal horizon, for ``descent_opt.simulate.simulate`` and for the independent NumPy
-  implementation in ``numpy_closed_loop.py`` on one process and on all cores (one process
-  per core), on the same population, in the same run. The ratio is against the faster of
+  nominal horizon, for ``descent_opt.simulate.simulate_population`` and for the independent
+  NumPy implementation in ``numpy_closed_loop.py`` on one process and on all cores (one
+  process per core), on the same population, in the same run. The ratio is against the faster of
   the two NumPy figures (where the cores do not scale, one process wins). Full: 1,024 to
   1,048,576 scenarios; ``--quick``: 4,096 and 65,536.
 - ``grad``: value and gradient of the training objective (``population_risk`` as gain
@@ -108,7 +108,7 @@ def closed_loop(populations: list[int], repeats: int, numpy_repeats: int) -> dic
 
     import descent_opt
     from descent_opt.guidance import default_gains
-    from descent_opt.simulate import simulate
+    from descent_opt.simulate import simulate_population
 
     config = descent_opt.load_config(["sim.max_duration_s=null"])  # the peer's horizon
     spec = config.sim
@@ -124,7 +124,7 @@ def closed_loop(populations: list[int], repeats: int, numpy_repeats: int) -> dic
             population = peer.scenarios_to_numpy(scenarios)
 
             def fly(scenarios=scenarios):
-                jax.block_until_ready(simulate(spec, gains, scenarios))
+                jax.block_until_ready(simulate_population(spec, gains, scenarios))
 
             start = time.perf_counter()
             fly()
@@ -233,7 +233,7 @@ import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.optimize import gains as tuning
 from descent_opt.jobs.robust_gains import m2_replay_scenario
-from descent_opt.simulate import _simulate, _simulate_traces
+from descent_opt.simulate import _simulate_traces, simulate
 
 config = descent_opt.load_config(["+experiment=robust_gains"])
 gains = default_gains(config.altitude_breakpoints_m)
@@ -252,7 +252,7 @@ tuning._train_step.lower(train, spec, config.success, config.objective, sampler,
 out["training_step_s"] = time.perf_counter() - start
 heldout = sampler(jax.random.key(1), config.evaluation.n_scenarios)
 start = time.perf_counter()
-_simulate.lower(config.sim, gains, heldout).compile()
+simulate.lower(config.sim, gains, heldout).compile()
 out["evaluation_s"] = time.perf_counter() - start
 start = time.perf_counter()
 _simulate_traces.lower(config.sim, gains, m2_replay_scenario(config)).compile()

@@ -984,7 +984,7 @@ def main() -> None:
 
     import descent_opt
     from descent_opt.guidance import default_gains
-    from descent_opt.simulate import simulate
+    from descent_opt.simulate import simulate_population
 
     config = descent_opt.load_config(["sim.max_duration_s=null"])  # the peer's horizon
     spec = config.sim
@@ -1005,11 +1005,11 @@ def main() -> None:
             scenarios = sampler(jax.random.key(0), n)
             population = scenarios_to_numpy(scenarios)
             if args.jax:
-                jax.block_until_ready(simulate(spec, gains, scenarios))  # compile
+                jax.block_until_ready(simulate_population(spec, gains, scenarios))  # compile
                 walls = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
-                    jax.block_until_ready(simulate(spec, gains, scenarios))
+                    jax.block_until_ready(simulate_population(spec, gains, scenarios))
                     walls.append(time.perf_counter() - t0)
                 report(f"jax {jax.default_backend()}", n, walls)
             for p in args.processes:

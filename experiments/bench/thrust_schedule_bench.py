@@ -101,9 +101,9 @@ def run(
     import jax
 
     import descent_opt
+    from descent_opt.execution import default_workers
     from descent_opt.jobs.thrust_schedule import sample_problems
     from descent_opt.optimize.thrust_schedule import solve_schedules
-    from descent_opt.parallel import default_workers
 
     config = descent_opt.load_config(["+experiment=thrust_schedule", *overrides])
     spec = config.schedule
