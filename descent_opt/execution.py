@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Int
 
 from descent_opt.device_program import DeviceProgram
 
@@ -91,7 +92,7 @@ def _xp(x):
     return np if isinstance(x, np.ndarray) else jnp
 
 
-def following(indices: np.ndarray, k: int) -> np.ndarray:
+def following(indices: Int[np.ndarray, " n"], k: int) -> Int[np.ndarray, " k"]:
     """Filler for a batch of member indices: the ``k`` members after the largest (a copy of
     one member would fly on as long as it does, ``k`` times over)."""
     return np.max(indices) + 1 + np.arange(k, dtype=np.asarray(indices).dtype)
