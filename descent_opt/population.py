@@ -114,7 +114,7 @@ def _flight(
     differently in the last bit for a few percent of members, which could flip a
     borderline landing; the program is compiled once and loaded onto the other devices
     (:class:`~descent_opt.execution.DeviceProgram`)."""
-    spec = eqx.tree_at(lambda s: s.chunk_size, spec, piece, is_leaf=lambda x: x is None)
+    spec = eqx.tree_at(lambda s: s.numerics.chunk_size, spec, piece, is_leaf=lambda x: x is None)
 
     def fly(device, indices: np.ndarray):
         # Waiting for each program keeps the threads' flights from queueing behind each

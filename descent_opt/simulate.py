@@ -8,7 +8,7 @@ continuously with the gains.
 How it is laid out for speed (the model is the same whatever the layout;
 ``experiments/bench/README.md`` has the measurements):
 - the step is scalar code (vectors as component tuples, the filter covariance as six
-  entries, and with ``unrolled`` crater slots split by :meth:`Terrain.by_slot` and schedule
+  entries, and with ``numerics.unrolled`` crater slots split by :meth:`Terrain.by_slot` and schedule
   segments as scalars), so vmap makes every quantity one population-long array that XLA
   vectorises and fuses; ``unrolled=False`` keeps slots and segments as short vectors, which
   makes a program several times smaller, whose reverse mode XLA runs far faster;
@@ -19,9 +19,9 @@ How it is laid out for speed (the model is the same whatever the layout;
   (:mod:`descent_opt.noise`), drawn for a block of steps at a time, outside the
   differentiated step;
 - the LRF ray cast starts from the previous step's range or, if smaller, the height above
-  the ground below (already evaluated for touchdown), and makes ``beam_iterations``
+  the ground below (already evaluated for touchdown), and makes ``numerics.beam_iterations``
   fixed-point passes (3 terrain evaluations per step instead of 6);
-- time runs in blocks of ``block_steps`` steps, and a block in which every scenario has
+- time runs in blocks of ``numerics.block_steps`` steps, and a block in which every scenario has
   already landed is skipped (exact: landed scenarios are frozen);
 - on the CPU, populations fly in cache-sized chunks, one share per core from threads
   (:func:`simulate_population`, through :mod:`descent_opt.execution`).
@@ -56,8 +56,33 @@ from descent_opt.guidance import (
 from descent_opt.scenarios import Scenario
 
 
+class Numerics(eqx.Module):
+    """How the closed loop is computed: solver passes, program layout and batching. The
+    layout and batching never change an outcome; ``beam_iterations`` sets the ray cast's
+    accuracy."""
+
+    beam_iterations: int = 2  # LRF ray-cast passes per step, warm-started from the last range
+    # Crater slots and schedule segments as separate scalars (the fastest forward flight of
+    # large populations) or as short vectors (a several times smaller program: faster to
+    # compile and, by far, to differentiate; gain tuning uses it).
+    unrolled: bool = True
+    block_steps: int = 20  # steps per block; blocks after everyone has landed are skipped
+    # Scenarios flown at a time. None: 4,096 on CPU, where a chunk's state stays in cache
+    # (65,536 at once ran at two thirds of the speed), the whole population on accelerators.
+    chunk_size: int | None = None
+
+
+class Smoothing(eqx.Module):
+    """What gain tuning relaxes in the model for useful gradients; the defaults fly the
+    model as it is."""
+
+    gate_softness: float = 0.0  # > 0: sigmoid-weighted innovation gate; 0: hard gate
+
+
 class SimSpec(eqx.Module):
-    """Everything fixed across a population: models, step size, horizon, filter policy."""
+    """Everything fixed across a population. The physics (vehicle, gravity, sensors,
+    guidance settings, the filter's prior and policy, step size and horizon) come first;
+    ``numerics`` says how it is computed and ``smoothing`` what tuning relaxes."""
 
     vehicle: Vehicle
     gravity_mps2: float = 1.62
@@ -75,16 +100,8 @@ class SimSpec(eqx.Module):
     # :func:`decided_horizon_s` gives a time by which every flight has touched down.
     max_duration_s: float | None = None
     reject_policy: str = "reacquire"
-    gate_softness: float = 0.0  # > 0: sigmoid-weighted gate (for gradients); 0: hard gate
-    beam_iterations: int = 2  # LRF ray-cast passes per step, warm-started from the last range
-    # Crater slots and schedule segments as separate scalars (the fastest forward flight of
-    # large populations) or as short vectors (a several times smaller program: faster to
-    # compile and, by far, to differentiate; gain tuning uses it).
-    unrolled: bool = True
-    block_steps: int = 20  # steps per block; blocks after everyone has landed are skipped
-    # Scenarios flown at a time. None: 4,096 on CPU, where a chunk's state stays in cache
-    # (65,536 at once ran at two thirds of the speed), the whole population on accelerators.
-    chunk_size: int | None = None
+    numerics: Numerics = Numerics()
+    smoothing: Smoothing = Smoothing()
 
     @property
     def n_steps(self) -> int:
@@ -97,7 +114,7 @@ class SimSpec(eqx.Module):
         if self.max_duration_s is None:
             return self.n_steps
         more = max(0, int(math.ceil(self.max_duration_s / self.dt_s)) - self.n_steps)
-        block = max(1, self.block_steps)
+        block = max(1, self.numerics.block_steps)
         return self.n_steps + -(-more // block) * block
 
 
@@ -264,7 +281,7 @@ def _step(
         flight.terrain,
         stale_position,
         tuple(-a for a in axis),
-        spec.beam_iterations,
+        spec.numerics.beam_iterations,
         initial_range_m=carry.beam_range_m,
         ground_height_m=ground_m,
     )
@@ -293,7 +310,7 @@ def _step(
         gains.nav,
         dt,
         spec.reject_policy,
-        spec.gate_softness,
+        spec.smoothing.gate_softness,
     )
 
     height = z - ground_m
@@ -360,8 +377,8 @@ def _block_draws(flight: _Flight, indices):
 def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
     """Population-level time loop; returns the final carry and (with ``keep_trace``) the
     per-step traces with time first."""
-    schedule = prepare(gains, unrolled=spec.unrolled)
-    flight = _Flight.of(scenarios, spec.unrolled)
+    schedule = prepare(gains, unrolled=spec.numerics.unrolled)
+    flight = _Flight.of(scenarios, spec.numerics.unrolled)
     step = jax.vmap(lambda f, c, i, d: _step(spec, schedule, f, c, i, d), in_axes=(0, 0, None, 0))
     carry = jax.vmap(lambda f: _initial_carry(spec, schedule, f))(flight)
 
@@ -382,7 +399,7 @@ def _fly(spec: SimSpec, gains: Gains, scenarios: Scenario, keep_trace: bool):
     def block(c, indices):
         return jax.lax.cond(jnp.all(c.landed), lambda c_, _: c_, run, c, indices), None
 
-    size = max(1, min(spec.block_steps, spec.n_steps))
+    size = max(1, min(spec.numerics.block_steps, spec.n_steps))
     n_blocks = spec.n_steps // size
     carry, _ = jax.lax.scan(block, carry, steps[: n_blocks * size].reshape(n_blocks, size))
     if spec.n_steps > n_blocks * size:
@@ -407,7 +424,7 @@ def _fly_on(spec: SimSpec, gains: Gains, scenarios: Scenario, carry: _Carry) -> 
     groups use the compact layout (``unrolled=False``: the smaller program) whatever the
     population's, so a flight's outcome depends only on itself. Not differentiable (a
     ``while_loop``); tuning flies to the planned horizon only."""
-    compact = eqx.tree_at(lambda s: s.unrolled, spec, False)
+    compact = eqx.tree_at(lambda s: s.numerics.unrolled, spec, False)
     schedule = prepare(gains, unrolled=False)
     flight = _Flight.of(scenarios, False)
     n = carry.landed.shape[0]
@@ -415,7 +432,7 @@ def _fly_on(spec: SimSpec, gains: Gains, scenarios: Scenario, carry: _Carry) -> 
     step = jax.vmap(
         lambda f, c, i, d: _step(compact, schedule, f, c, i, d)[0], in_axes=(0, 0, None, 0)
     )
-    size = max(1, spec.block_steps)
+    size = max(1, spec.numerics.block_steps)
     end = spec.max_steps  # the planned horizon plus whole blocks
 
     def flying(c):
@@ -478,8 +495,8 @@ def _outcome(spec: SimSpec, scenarios: Scenario, final: _Carry) -> Outcome:
 
 def chunk_size(spec: SimSpec, n: int) -> int:
     """How many scenarios of a population of ``n`` are flown at a time."""
-    if spec.chunk_size is not None:
-        return max(1, min(spec.chunk_size, n))
+    if spec.numerics.chunk_size is not None:
+        return max(1, min(spec.numerics.chunk_size, n))
     return min(n, 4096) if jax.default_backend() == "cpu" else n
 
 

@@ -118,7 +118,9 @@ def test_outcomes_do_not_depend_on_chunking(outcomes):
     rounding (observed 1.4e-6 relative)."""
     first, _, _ = outcomes
     pop = _sample(0)
-    chunked_spec = eqx.tree_at(lambda s: s.chunk_size, SPEC, 3, is_leaf=lambda x: x is None)
+    chunked_spec = eqx.tree_at(
+        lambda s: s.numerics.chunk_size, SPEC, 3, is_leaf=lambda x: x is None
+    )
     chunked = simulate(chunked_spec, default_gains(), pop)
     assert _identical(first, chunked)
     alone = simulate(SPEC, default_gains(), jax.tree.map(lambda x: x[5:6], pop))

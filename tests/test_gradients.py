@@ -22,10 +22,11 @@ from descent_opt.guidance import default_gains
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
 from descent_opt.optimize.gains import population_risk, to_params
 from descent_opt.scenarios import ScenarioSpec, TerrainSpec, replace_member, sample_scenarios
-from descent_opt.simulate import SimSpec, simulate
+from descent_opt.simulate import Numerics, SimSpec, Smoothing, simulate
 
 CRITERIA = SuccessCriteria()
 OBJECTIVE = ObjectiveSpec()
+COMPACT, SOFT = Numerics(unrolled=False), Smoothing(gate_softness=1.0)  # as tuning flies
 
 
 def test_gradient_matches_central_differences_float64():
@@ -45,7 +46,7 @@ def test_gradient_matches_central_differences_float64():
     with jax.enable_x64(True):
         # The compact layout, as gain tuning differentiates it.
         spec = SimSpec(
-            vehicle=VEHICLE, dt_s=0.25, duration_s=40.0, gate_softness=1.0, unrolled=False
+            vehicle=VEHICLE, dt_s=0.25, duration_s=40.0, numerics=COMPACT, smoothing=SOFT
         )
         gains = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), default_gains())
         scenario_spec = SHORT_DESCENT
@@ -98,7 +99,7 @@ def test_gradient_finite_on_full_population_with_faults():
     fault catalog, the configured 180 s horizon at dt 0.25, soft gate as in training; five
     members replaced by edge cases. Value and every gradient leaf must be finite, and the
     gradient non-zero."""
-    spec = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=180.0, gate_softness=1.0, unrolled=False)
+    spec = SimSpec(vehicle=VEHICLE, dt_s=0.25, duration_s=180.0, numerics=COMPACT, smoothing=SOFT)
     gains = default_gains()
     pop = sample_scenarios(
         ScenarioSpec(), TerrainSpec(), FaultCatalog(), 480.0, 32, key=jax.random.key(1)
@@ -133,7 +134,7 @@ def test_gradient_finite_on_full_population_with_faults():
 @pytest.mark.slow
 def test_unrolled_and_compact_layouts_agree_float64():
     """The simulator's two layouts (crater slots and schedule segments as scalars, or as
-    short vectors: see SimSpec.unrolled) fly the same function: 16 dispersed short descents
+    short vectors: see Numerics.unrolled) fly the same function: 16 dispersed short descents
     over a crater field with the shipped faults, two of them with a rim step, in float64,
     agree to 1e-9 relative in every outcome (only the order of floating-point sums
     differs). The finite-difference check above runs on the compact layout, which tuning
@@ -148,7 +149,11 @@ def test_unrolled_and_compact_layouts_agree_float64():
                 pop, i, **{"faults.rim_step_height_m": 200.0, "faults.rim_radius_m": 150.0}
             )
         outcomes = [
-            simulate(SimSpec(vehicle=VEHICLE, duration_s=60.0, unrolled=unrolled), gains, pop)
+            simulate(
+                SimSpec(vehicle=VEHICLE, duration_s=60.0, numerics=Numerics(unrolled=unrolled)),
+                gains,
+                pop,
+            )
             for unrolled in (True, False)
         ]
     assert np.all(np.asarray(outcomes[0].landed))

@@ -345,7 +345,7 @@ def tune_gains(
     # Tuning flies to the planned horizon (a flight still up there is penalised for the
     # height it has left), with the soft gate and the compact layout.
     spec = eqx.tree_at(
-        lambda s: (s.gate_softness, s.unrolled, s.max_duration_s),
+        lambda s: (s.smoothing.gate_softness, s.numerics.unrolled, s.max_duration_s),
         spec,
         (train.gate_softness, False, None),
         is_leaf=lambda x: x is None,

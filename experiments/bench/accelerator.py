@@ -102,7 +102,9 @@ def steady_state(n: int, pieces: list[int], workers: list[int], repeats: int) ->
     # One piece of the library's size, stage by stage.
     piece = default_piece()
     indices = np.arange(piece, dtype=np.uint32)
-    flight_spec = eqx.tree_at(lambda s: s.chunk_size, spec, piece, is_leaf=lambda x: x is None)
+    flight_spec = eqx.tree_at(
+        lambda s: s.numerics.chunk_size, spec, piece, is_leaf=lambda x: x is None
+    )
     device = jax.local_devices()[0]
     for _ in range(3):  # the last of three (the first may still be warming up)
         t0 = time.perf_counter()

@@ -172,8 +172,11 @@ def _training_objective(config, n: int, duration_s: float | None = None):
     from descent_opt.guidance import default_gains
     from descent_opt.optimize.gains import population_risk, to_params
 
-    spec = eqx.tree_at(
-        lambda s: (s.gate_softness, s.unrolled), config.sim, (config.optimizer.gate_softness, False)
+    spec = eqx.tree_at(  # as tune_gains flies: soft gate, compact layout, planned horizon
+        lambda s: (s.smoothing.gate_softness, s.numerics.unrolled, s.max_duration_s),
+        config.sim,
+        (config.optimizer.gate_softness, False, None),
+        is_leaf=lambda x: x is None,
     )
     if duration_s is not None:
         spec = eqx.tree_at(lambda s: s.duration_s, spec, duration_s)
@@ -237,9 +240,12 @@ from descent_opt.simulate import _simulate_traces, simulate
 
 config = descent_opt.load_config(["+experiment=robust_gains"])
 gains = default_gains(config.altitude_breakpoints_m)
-train = config.optimizer
+train = tuning.resolved(config.optimizer)
 spec = eqx.tree_at(
-    lambda s: (s.gate_softness, s.unrolled), config.sim, (train.gate_softness, False)
+    lambda s: (s.smoothing.gate_softness, s.numerics.unrolled, s.max_duration_s),
+    config.sim,
+    (train.gate_softness, False, None),
+    is_leaf=lambda x: x is None,
 )
 sampler = config.sampler()
 params = tuning.to_params(gains)
@@ -398,13 +404,13 @@ def roofline(population: int = 65536) -> dict:
     spec = config.sim
     gains = default_gains(config.altitude_breakpoints_m)
     scenarios = config.sampler()(jax.random.key(0), population)
-    flight = sim._Flight.of(scenarios, spec.unrolled)
-    schedule = prepare(gains, unrolled=spec.unrolled)
+    flight = sim._Flight.of(scenarios, spec.numerics.unrolled)
+    schedule = prepare(gains, unrolled=spec.numerics.unrolled)
     carry = jax.vmap(lambda f: sim._initial_carry(spec, schedule, f))(flight)
     draws = jax.vmap(noise.step_noise, in_axes=(0, None))(flight.key_words, jnp.uint32(300))
 
     def one_step(gains, flight, carry, draws):
-        schedule = prepare(gains, unrolled=spec.unrolled)
+        schedule = prepare(gains, unrolled=spec.numerics.unrolled)
         step = jax.vmap(lambda f, c, d: sim._step(spec, schedule, f, c, jnp.int32(300), d)[0])
         return step(flight, carry, draws)
 

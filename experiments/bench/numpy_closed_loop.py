@@ -161,7 +161,7 @@ def model_from_spec(spec, gains, *, beam_iterations: int | None = None) -> Model
     degenerate = np.abs(dx) <= np.spacing(np.finfo(np.float64).eps)
     slope = np.where(degenerate, 0.0, np.diff(table, axis=1) / np.where(degenerate, 1.0, dx))
     if beam_iterations is None:
-        beam_iterations = int(getattr(spec, "beam_iterations", 2))
+        beam_iterations = int(spec.numerics.beam_iterations)
     n_steps = int(round(f(spec.duration_s) / f(spec.dt_s)))
     return Model(
         mass_dry_kg=f(vehicle.mass_dry_kg),
@@ -204,7 +204,7 @@ def model_from_spec(spec, gains, *, beam_iterations: int | None = None) -> Model
         duration_s=f(spec.duration_s),
         n_steps=n_steps,
         reject_policy=str(spec.reject_policy),
-        gate_softness=f(spec.gate_softness),
+        gate_softness=f(spec.smoothing.gate_softness),
         beam_iterations=int(beam_iterations),
     )
 
