@@ -42,8 +42,6 @@ from descent_opt.tally import (
     records_from,
 )
 
-MAX_MEMBER = 2**32 - 1  # members are drawn with fold_in of a 32-bit index
-
 
 def _dispersion(scenarios: Scenario) -> tuple:
     """The dispersed initial conditions, in the order of ``DISPERSION_FIELDS``."""
