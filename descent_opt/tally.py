@@ -281,11 +281,6 @@ class Tally:
             self.failures = _worst(both, self.keep_failures)
         return self
 
-    def add(self, records: dict[str, np.ndarray], bins: dict) -> None:
-        """Merge in :meth:`of_records` of ``records`` (a shorthand for callers that
-        accumulate record batches themselves)."""
-        self.merge(Tally.of_records(records, bins, **self.settings))
-
     def summary(self) -> dict:
         """The population's headline numbers with their confidence intervals (the keys of
         the ``monte_carlo`` metrics contract)."""

@@ -32,10 +32,10 @@ from descent_opt.jobs import FLIGHT_GROUPS, Job, Progress, starting_gains, use_p
 from descent_opt.optimize.gains import NonFiniteTraining
 from descent_opt.rundir import write_metrics, write_text_atomic
 from descent_opt.simulate import Trace
-from descent_opt.stages import evaluate, m2_replay_scenario, replay_m2, tune_side_by_side
+from descent_opt.stages import evaluate, replay_m2, tune_side_by_side
 
 __all__ = [
-    "JOB", "RobustGainsResult", "m2_replay_scenario", "run", "run_robust_gains", "summary",
+    "JOB", "RobustGainsResult", "run", "run_robust_gains", "summary",
     "write_outputs",
 ]  # fmt: skip
 

@@ -117,7 +117,7 @@ def steady_state(n: int, pieces: list[int], workers: list[int], repeats: int) ->
         records = population.records_of(indices, scenarios, outcome, criteria, metrics)
         t3 = time.perf_counter()
         bins = population.parameter_bins(sampler)
-        population.Tally().add(records, bins)
+        population.Tally.of_records(records, bins)
         t4 = time.perf_counter()
         # What fly_population does without records: fold on the device (sketch mode).
         fold = population._DeviceFold(population.Tally(), bins, spec.duration_s, piece, False)

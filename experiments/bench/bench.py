@@ -235,7 +235,7 @@ import jax, equinox as eqx
 import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.optimize import gains as tuning
-from descent_opt.jobs.robust_gains import m2_replay_scenario
+from descent_opt.stages import m2_replay_scenario
 from descent_opt.simulate import _simulate_traces, simulate
 
 config = descent_opt.load_config(["+experiment=robust_gains"])
