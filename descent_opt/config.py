@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from descent_opt.distributed import ENABLED, DistributedSpec
 from descent_opt.dynamics import Vehicle
+from descent_opt.envelope import AXES, EnvelopeSpec
 from descent_opt.faults import FAULT_CLASSES, FaultCatalog
 from descent_opt.guidance import (
     ALTITUDE_BREAKPOINTS_M,
@@ -32,6 +33,7 @@ from descent_opt.navigation import REJECT_POLICIES
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
 from descent_opt.optimize.gains import TrainSpec
 from descent_opt.optimize.thrust_schedule import ScheduleSpec
+from descent_opt.replays import ReplaySpec
 from descent_opt.scenarios import TERRAIN_KINDS, ScenarioSampler, ScenarioSpec, TerrainSpec
 from descent_opt.schema import (
     Choice,
@@ -71,18 +73,10 @@ class EvaluationSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class ReplaySpec:
-    """HAKUTO-R Mission 2 replay: late LRF, altitude estimate too high."""
-
-    lrf_acquisition_m: float = 900.0
-    altitude_error_m: float = 600.0  # estimate minus truth at the start (+: believes higher)
-
-
-@dataclasses.dataclass(frozen=True)
 class RunConfig:
     experiment: str | None
     seed: int
-    gains_path: str | None
+    gains_path: str | None  # the first (the only one, but for envelope) of gains_paths
     vehicle: Vehicle
     sim: SimSpec
     scenario: ScenarioSpec
@@ -93,6 +87,7 @@ class RunConfig:
     optimizer: TrainSpec
     evaluation: EvaluationSpec
     replay: ReplaySpec
+    envelope: EnvelopeSpec
     altitude_breakpoints_m: tuple[float, ...]
     progress: bool
     precision: str = "float32"
@@ -102,6 +97,7 @@ class RunConfig:
     compile_cache_dir: str | None = None
     checkpoint_every_steps: int = 10
     resume: bool = False
+    gains_paths: tuple[str, ...] = ()  # gains=PATH or gains=[A,B] (envelope)
     unlandable: tuple[str, ...] = ("lrf_absent",)  # fault classes certified apart
     settings_json: str = "{}"  # every key as read (dotted names), for checkpoints
 
@@ -143,6 +139,25 @@ class _Text(Kind):
         return v
 
 
+class _Paths(Kind):
+    """A path, or a list of distinct paths (read as a tuple)."""
+
+    allowed = "a path to a gain table (json, csv or npz), or a list of them"
+
+    def check(self, key, v):
+        paths = [v] if isinstance(v, str) else v
+        if isinstance(paths, bytes) or not hasattr(paths, "__len__") or len(paths) == 0:
+            raise ConfigError(key, self.allowed, v)
+        if any(not isinstance(p, str) or not p.strip() for p in paths):
+            raise ConfigError(key, self.allowed, v)
+        if len(set(paths)) != len(paths):
+            raise ConfigError(key, self.allowed + " (no repeats)", list(paths))
+        return tuple(paths)
+
+    def show(self, value):
+        return value[0] if len(value) == 1 else list(value)
+
+
 class _Address(Kind):
     allowed = "HOST:PORT or null"
 
@@ -172,6 +187,15 @@ class _Indices(Kind):
         if not ok or len(set(v)) != len(v):
             raise ConfigError(key, self.allowed, list(v))
         return tuple(int(i) for i in v)
+
+
+class _Grid(Kind):
+    allowed = "a non-empty list of finite numbers"
+
+    def check(self, key, v):
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) == 0:
+            raise ConfigError(key, self.allowed, v)
+        return Vector(len(v)).check(key, v)
 
 
 class _Horizon(Kind):
@@ -211,8 +235,8 @@ GROUPS: dict[str, Group] = {
         Group("", (
             Key("experiment", Kind(), None, "the job, set by +experiment=NAME (conf/experiment/)"),
             Key("seed", Number(lo=0, integer=True), 0, "every population and tuning key"),
-            Key("gains", OrNone(_Text("a path to a gains.json file"), (None, "")), None,
-                "a gain table (json, csv or npz) to evaluate or replay"),
+            Key("gains", OrNone(_Paths(), (None, "")), None,
+                "a gain table (json, csv or npz) to evaluate or replay; envelope: a list"),
             Key("progress", Flag(), True, "progress bars"),
             Key("precision", Choice(PRECISIONS), "float32", "float64 for validation runs"),
             Key("compile_cache_dir", _Text("a directory path or null"), None,
@@ -343,9 +367,45 @@ GROUPS: dict[str, Group] = {
                 "initial 300 m (1-sigma) estimate, and no gain table brakes for an error of "
                 "that size within the propellant"),
         )),
-        Group("replay", _fields(ReplaySpec, {
-            "lrf_acquisition_m": _POSITIVE, "altitude_error_m": Number(),
-        }), "HAKUTO-R Mission 2: LRF first valid near 900 m"),
+        Group("replay", (
+            Key("mission", _Text("the descent's name"), default_of(ReplaySpec, "mission")),
+            *_fields(ReplaySpec, {
+                "r0_m": OrNone(Vector()), "v0_mps": OrNone(Vector()),
+                "altitude_error_m": Number(), "velocity_error_mps": Vector(),
+                "imu_bias_mps2": Vector(), "lrf_acquisition_m": OrNone(_POSITIVE),
+                "lrf_max_range_m": OrNone(_POSITIVE), "lrf_absent": Flag(),
+                "lrf_bias_m": Number(), "heavy_tail_scale_m": _NONNEGATIVE,
+                "rim_step_height_m": _NONNEGATIVE, "rim_radius_m": _POSITIVE,
+                "slope_deg": Number(lo=0.0, hi=30.0),
+                "reject_policy": OrNone(Choice(REJECT_POLICIES)),
+            }, {
+                "r0_m": "start (x, y, altitude); null: scenario.r0_m",
+                "altitude_error_m": "estimate minus truth at the start (+: believes higher)",
+                "velocity_error_mps": "estimate minus truth at the start",
+                "imu_bias_mps2": "accelerometer bias the filter is not told of",
+                "lrf_acquisition_m": "first valid LRF range below this; null: the design range",
+                "lrf_max_range_m": "null: sensors.lrf_max_range_m",
+                "heavy_tail_scale_m": "Student-t scale of dark-terrain LRF noise; 0: none",
+                "rim_step_height_m": "crater rim under the approach (site on its floor); 0: none",
+                "slope_deg": "ground slope at the site",
+                "reject_policy": "null: navigation.reject_policy",
+            }),
+        ), "one reported descent as one scenario (an option of conf/replay/); the main job "
+           "flies its M2 replay from conf/replay/m2.yaml"),
+        Group("envelope", _fields(EnvelopeSpec, {
+            "axis": Names(AXES, "fault axes"),
+            "values": OrNone(_Grid()),
+            "points": Number(lo=2, hi=1000, integer=True),
+            "n_scenarios": Number(lo=1, hi=MAX_INDEX, integer=True),
+            "required_success": Number(lo=0.0, lo_open=True, hi=1.0),
+        }, {
+            "axis": "the fault axes flown, each fixed at every value of its grid",
+            "values": "an explicit grid (one axis only); null: the axis's default grid",
+            "points": "values per axis on the default grid (over and beyond the catalog)",
+            "n_scenarios": "scenarios per grid point (member i: seed, axis, value, i)",
+            "required_success": "the edge: worst value whose one-sided 95 % lower bound of "
+            "success is at least this",
+        })),
         Group("thrust_schedule", (
             *_fields(ScheduleSpec, {
                 "glide_slope_deg": Number(lo=0.0, hi=89.0),
@@ -400,6 +460,10 @@ def read_config(cfg: Mapping) -> RunConfig:
         raise ConfigError(
             "scenario.r0_m", "a start above the surface (third number > 0)", list(scenario.r0_m)
         )
+    if top["gains"] and len(top["gains"]) > 1 and top["experiment"] not in ("envelope",):
+        raise ConfigError(
+            "gains", "one path (a list is for +experiment=envelope)", list(top["gains"])
+        )
     if sim["duration_s"] < sim["dt_s"]:
         raise ConfigError("sim.duration_s", f"a number >= {sim['dt_s']}", sim["duration_s"])
     gravity = v["moon"]["gravity_mps2"]
@@ -445,7 +509,8 @@ def read_config(cfg: Mapping) -> RunConfig:
     return RunConfig(
         experiment=top["experiment"] or None,
         seed=top["seed"],
-        gains_path=top["gains"],
+        gains_path=top["gains"][0] if top["gains"] else None,
+        gains_paths=top["gains"] or (),
         vehicle=vehicle,
         sim=sim_spec,
         scenario=scenario,
@@ -456,6 +521,7 @@ def read_config(cfg: Mapping) -> RunConfig:
         optimizer=optimizer,
         evaluation=EvaluationSpec(**v["evaluation"]),
         replay=ReplaySpec(**v["replay"]),
+        envelope=_envelope(v["envelope"]),
         altitude_breakpoints_m=breakpoints,
         progress=top["progress"],
         precision=top["precision"],
@@ -468,6 +534,19 @@ def read_config(cfg: Mapping) -> RunConfig:
         unlandable=v["certification"]["unlandable"],
         settings_json=json.dumps(shown, sort_keys=True, default=str),
     )
+
+
+def _envelope(values: dict) -> EnvelopeSpec:
+    spec = EnvelopeSpec(**values)
+    if not spec.axis:
+        raise ConfigError("envelope.axis", "a non-empty list of fault axes", [])
+    if spec.values is not None and len(spec.axis) != 1:
+        raise ConfigError(
+            "envelope.values",
+            "a grid for one axis only (set envelope.axis=[NAME])",
+            list(spec.values),
+        )
+    return spec
 
 
 def _without(values: dict, *names: str) -> dict:
