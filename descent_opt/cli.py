@@ -152,10 +152,11 @@ def run(cfg) -> None:
         initialize(config.distributed)  # before any JAX computation
         if config.compile_cache_dir:
             _use_compile_cache(config.compile_cache_dir)
-        if config.gains_path:
+        if config.gains_paths:
             from descent_opt.export import load_gains
 
-            load_gains(config.gains_path)  # a bad file is reported before any work
+            for path in config.gains_paths:  # a bad file is reported before any work
+                load_gains(path)
     except ConfigError as err:
         fail(str(err))
     except ValueError as err:

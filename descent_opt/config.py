@@ -378,6 +378,7 @@ GROUPS: dict[str, Group] = {
                 "rim_step_height_m": _NONNEGATIVE, "rim_radius_m": _POSITIVE,
                 "slope_deg": Number(lo=0.0, hi=30.0),
                 "reject_policy": OrNone(Choice(REJECT_POLICIES)),
+                "report_height_m": OrNone(_POSITIVE),
             }, {
                 "r0_m": "start (x, y, altitude); null: scenario.r0_m",
                 "altitude_error_m": "estimate minus truth at the start (+: believes higher)",
@@ -389,6 +390,8 @@ GROUPS: dict[str, Group] = {
                 "rim_step_height_m": "crater rim under the approach (site on its floor); 0: none",
                 "slope_deg": "ground slope at the site",
                 "reject_policy": "null: navigation.reject_policy",
+                "report_height_m": "the flight is read as it passes this height (e.g. last "
+                "telemetry); null: not read",
             }),
         ), "one reported descent as one scenario (an option of conf/replay/); the main job "
            "flies its M2 replay from conf/replay/m2.yaml"),

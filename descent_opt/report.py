@@ -158,17 +158,17 @@ def plot_success_vs_faults(by_parameter: dict[str, dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_member(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> None:
-    """One re-flown scenario: altitude (true, estimated, LRF samples accepted and
-    rejected), vertical speed, contingency and propellant against time."""
-    plt = _pyplot()
-    t = np.asarray(trace.time_s)
+def _flown(trace: Trace):
+    """Times up to the step after touchdown, and a function cutting a trace field there."""
     h = np.asarray(trace.height_m)
     end = int(np.argmax(h <= 0.0)) + 1 if np.any(h <= 0.0) else len(h)
-    t = t[:end]
-    cut = lambda x: np.asarray(x)[:end]  # noqa: E731
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
-    ax = axes[0]
+    return np.asarray(trace.time_s)[:end], lambda x: np.asarray(x)[:end]
+
+
+def _altitude_panel(ax, trace: Trace) -> None:
+    """True altitude and height, the estimate, and the LRF's accepted and rejected ranges
+    against time."""
+    t, cut = _flown(trace)
     ax.plot(t, cut(trace.altitude_m), color="k", label="altitude, true")
     ax.plot(t, cut(trace.height_m), color="0.5", ls=":", label="height above terrain, true")
     ax.plot(t, cut(trace.altitude_estimate_m), color="tab:blue", ls="--", label="estimated")
@@ -180,6 +180,23 @@ def plot_member(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> Non
     ax.set_ylabel("altitude (m)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+
+
+def _propellant_panel(ax, trace: Trace, mass_dry_kg: float) -> None:
+    t, cut = _flown(trace)
+    ax.plot(t, cut(trace.mass_kg) - mass_dry_kg, color="k")
+    ax.set_ylabel("propellant (kg)")
+    ax.set_xlabel("time (s)")
+    ax.grid(alpha=0.3)
+
+
+def plot_member(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> None:
+    """One re-flown scenario: altitude (true, estimated, LRF samples accepted and
+    rejected), vertical speed, contingency and propellant against time."""
+    plt = _pyplot()
+    t, cut = _flown(trace)
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    _altitude_panel(axes[0], trace)
     ax = axes[1]
     ax.plot(t, -cut(trace.vertical_speed_mps), color="k", label="descent rate, true")
     ax.plot(
@@ -194,12 +211,41 @@ def plot_member(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> Non
     ax.set_ylabel("descent rate (m/s)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax = axes[2]
-    ax.plot(t, cut(trace.mass_kg) - mass_dry_kg, color="k")
-    ax.set_ylabel("propellant (kg)")
-    ax.set_xlabel("time (s)")
-    ax.grid(alpha=0.3)
+    _propellant_panel(axes[2], trace, mass_dry_kg)
     axes[0].set_title(title)
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)
+
+
+def plot_replay_flight(trace: Trace, title: str, mass_dry_kg: float, path: Path) -> None:
+    """A mission replay: altitude against time (true, estimated, LRF ranges accepted and
+    rejected), descent rate against altitude (true and estimated; the steps flown on the
+    contingency envelope marked) and propellant against time."""
+    plt = _pyplot()
+    _, cut = _flown(trace)
+    fig = plt.figure(figsize=(12, 8))
+    grid = fig.add_gridspec(2, 2)
+    _altitude_panel(fig.add_subplot(grid[0, 0]), trace)
+    _propellant_panel(fig.add_subplot(grid[1, 0]), trace, mass_dry_kg)
+    ax = fig.add_subplot(grid[:, 1])
+    height = cut(trace.height_m)
+    ax.plot(-cut(trace.vertical_speed_mps), height, color="k", label="true")
+    ax.plot(
+        -cut(trace.vertical_speed_estimate_mps), cut(trace.altitude_estimate_m),
+        color="tab:blue", ls="--", label="estimated (estimated altitude)",
+    )  # fmt: skip
+    contingency = cut(trace.contingency)
+    if contingency.any():
+        ax.plot(
+            -cut(trace.vertical_speed_mps)[contingency], height[contingency], ".", ms=3,
+            color="tab:orange", label="flown on the contingency envelope",
+        )  # fmt: skip
+    ax.set_xlabel("descent rate (m/s)")
+    ax.set_ylabel("height above the ground (m)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure_atomic(fig, path)
     plt.close(fig)
@@ -283,3 +329,45 @@ def summary_table(metrics: dict) -> str:
         lines += ["", "Optimized table, " + certification.lines(o["certification"])[0]]
         lines += certification.lines(o["certification"])[1:]
     return "\n".join(lines)
+
+
+def plot_envelope(
+    axis: str,
+    curves: dict[str, list[dict]],
+    catalog_range: tuple[float, float],
+    edges: dict[str, float | None],
+    required_success: float,
+    path: Path,
+) -> None:
+    """A fault envelope: success rate with its 95 % Clopper-Pearson band against the fault's
+    value, one curve per gain table (``curves[name]``: its points, benign first, each with
+    ``value``, ``success_rate`` and ``success_rate_ci95``), the catalog's range shaded, the
+    required success and each table's edge marked; the axis runs from benign to harsh."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.axvspan(*catalog_range, color="0.85", alpha=0.6, lw=0, label="catalog's range")
+    ax.axhline(required_success, color="k", ls=":", lw=1, label=f"required {required_success:g}")
+    for k, (name, points) in enumerate(curves.items()):
+        color = f"C{k}"
+        value = np.array([p["value"] for p in points])
+        rate = np.array([p["success_rate"] for p in points])
+        band = np.array([p["success_rate_ci95"] for p in points])
+        ax.fill_between(value, band[:, 0], band[:, 1], color=color, alpha=0.25, lw=0)
+        ax.plot(value, rate, marker="o", ms=3, color=color, label=name)
+        if edges.get(name) is not None:
+            ax.axvline(
+                edges[name], color=color, ls="--", lw=1.2, label=f"{name}: edge {edges[name]:g}"
+            )
+    values = [p["value"] for points in curves.values() for p in points]
+    if len(values) > 1 and values[0] > values[-1]:
+        ax.invert_xaxis()  # harsher is lower: benign on the left
+    ax.set_xlabel(axis + " (benign to harsh)")
+    ax.set_ylabel("success rate (95 % band)")
+    low = min([p["success_rate_ci95"][0] for points in curves.values() for p in points] + [0.9])
+    ax.set_ylim(max(0.0, low - 0.02), 1.005)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"Fault envelope: {axis}")
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)

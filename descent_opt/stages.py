@@ -1,5 +1,5 @@
 """The stages jobs are made of: tune a gain table, evaluate one on the held-out population,
-replay HAKUTO-R Mission 2 with one.
+fly one through a mission replay.
 
 Each stage takes the validated :class:`~descent_opt.config.RunConfig` and explicit keys,
 reports to an optional :class:`~descent_opt.jobs.Progress`, and returns plain results, so
@@ -12,7 +12,6 @@ import contextlib
 import logging
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
@@ -22,13 +21,24 @@ from descent_opt.execution import concurrently
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import Gains
 from descent_opt.jobs import Progress, scenario_progress
-from descent_opt.objectives import landing_metrics
 from descent_opt.optimize.gains import initial_state, tune_gains
 from descent_opt.population import PopulationResult, fly_population
-from descent_opt.scenarios import Scenario, TerrainSpec, replace_member, sample_scenarios
+from descent_opt.replays import at_height, flight_record, replay_scenario, replay_sim
+from descent_opt.scenarios import Scenario
 from descent_opt.simulate import Trace, simulate_traces
 
 log = logging.getLogger("descent_opt")
+
+
+def tunings(config: RunConfig) -> dict[str, tuple[FaultCatalog, PRNGKeyArray]]:
+    """The main job's two tunings, each a catalog and its key from ``seed``: ``baseline``
+    on nominal sensors, ``optimized`` on the configured fault catalog. Other jobs that need
+    the main job's tables tune them from here and get the same gains."""
+    k_base, k_robust = jax.random.split(jax.random.key(config.seed))
+    return {
+        "baseline": (FaultCatalog.nominal(config.sim.lrf.max_range_m), k_base),
+        "optimized": (config.faults, k_robust),
+    }
 
 
 def tune(
@@ -141,55 +151,44 @@ def evaluate(
     )
 
 
-def m2_replay_scenario(config: RunConfig, dtype=None) -> Scenario:
-    """The nominal descent over flat mare with one fault: the LRF's first valid range at
-    ``replay.lrf_acquisition_m``, and an altitude estimate that starts too high by
-    ``replay.altitude_error_m`` (the sign that delays braking); the replaced entries in
-    ``dtype`` (default: JAX's default float)."""
-    nominal = FaultCatalog.nominal(config.sim.lrf.max_range_m)
-    one = sample_scenarios(
+def replay_scenario_of(config: RunConfig, dtype=None, *, planned: bool = False) -> Scenario:
+    """The configured replay (``replay.*``) as a scenario of one, with the sensor noise of
+    ``seed``; with ``planned``, the same descent with nothing wrong."""
+    spec = config.replay.nominal() if planned else config.replay
+    return replay_scenario(
+        spec,
         config.scenario,
-        TerrainSpec(kind="flat"),
-        nominal,
         config.vehicle.mass_initial_kg,
-        1,
+        config.sim.lrf.max_range_m,
         key=jax.random.key(config.seed),
-        nominal_first=True,
-    )
-    return replace_member(
-        one,
-        0,
-        **{
-            "faults.acquisition_range_m": config.replay.lrf_acquisition_m,
-            "nav_position_error_m": jnp.array([0.0, 0.0, config.replay.altitude_error_m], dtype),
-            "imu_bias_mps2": jnp.zeros(3, dtype),
-        },
+        dtype=dtype,
     )
 
 
-def replay_m2(
+def replay(
     config: RunConfig, tables: dict[str, Gains], dtype=None
 ) -> tuple[dict[str, dict], dict[str, Trace]]:
-    """Fly each gain table of ``tables`` through :func:`m2_replay_scenario`: per table, its
-    touchdown (``touchdown_speed_mps``, ``touchdown_vz_mps``, ``touchdown_vh_mps``,
-    ``fuel_kg``, ``success``, ``landed``) and its trace (NumPy, time first)."""
-    scenario = m2_replay_scenario(config, dtype)
+    """Fly each gain table of ``tables`` through the configured replay (``replay.*``): per
+    table, its :func:`~descent_opt.replays.flight_record`, its touchdown time had nothing
+    gone wrong (``planned_touchdown_time_s``) and how much earlier it came down
+    (``early_by_s``), the flight at ``replay.report_height_m``, and its trace (NumPy, cut
+    after touchdown)."""
+    spec = config.replay
+    scenario = replay_scenario_of(config, dtype)
+    planned = replay_scenario_of(config, dtype, planned=True)
+    start = np.asarray(scenario.position0_m)[0, 2]
+    climb = np.asarray(scenario.velocity0_mps)[0, 2]
+    sim = replay_sim(config.sim, spec, float(start), float(climb))
     blocks, traces = {}, {}
     for name, gains in tables.items():
-        outcome, trace = simulate_traces(config.sim, gains, scenario)
-        blocks[name] = _touchdown_block(config, outcome)
-        traces[name] = jax.tree.map(lambda x: np.asarray(x)[0], trace)
+        outcome, trace = simulate_traces(sim, gains, scenario)
+        trace = jax.tree.map(lambda x: np.asarray(x)[0], trace)
+        block = flight_record(outcome, trace, config.success, config.vehicle.mass_dry_kg)
+        on_time = float(np.asarray(simulate_traces(sim, gains, planned)[0].touchdown_time_s)[0])
+        block["planned_touchdown_time_s"] = on_time
+        block["early_by_s"] = on_time - block["touchdown_time_s"]
+        if spec.report_height_m is not None:
+            block["at_report_height"] = at_height(trace, spec.report_height_m)
+        blocks[name] = block
+        traces[name] = trace
     return blocks, traces
-
-
-def _touchdown_block(config: RunConfig, outcome) -> dict:
-    m = jax.tree.map(lambda x: np.asarray(x)[0], landing_metrics(outcome, config.success))
-    speed = float(np.linalg.norm(np.asarray(outcome.touchdown_velocity_mps)[0]))
-    return {
-        "touchdown_speed_mps": speed,
-        "touchdown_vz_mps": float(m.vertical_speed_mps),
-        "touchdown_vh_mps": float(m.horizontal_speed_mps),
-        "fuel_kg": float(m.fuel_kg),
-        "success": bool(m.success),
-        "landed": bool(m.landed),
-    }

@@ -64,7 +64,7 @@ def tiny_main_job(tmp_path_factory):
 # the workers finish together instead of one flying a long group alone at the end.
 LONGEST_FIRST = (
     "test_scale_out.py", "tiny_main_job", "test_gradients.py", "test_thrust_schedule.py",
-    "test_science.py",
+    "test_science.py", "test_replay.py",
     "test_monte_carlo.py", "test_tuning.py", "test_guards.py", "test_decided.py",
     "test_distributed.py", "test_numpy_peer.py", "test_inputs.py", "test_determinism.py",
 )  # fmt: skip

@@ -154,6 +154,7 @@ def test_every_key_is_declared_once_and_documented():
     # The default replay option (conf/replay/m2.yaml): Mission 2's departures from the
     # nominal descent that the library's ReplaySpec() flies.
     chosen |= {"replay.mission", "replay.lrf_acquisition_m", "replay.altitude_error_m"}
+    chosen |= {"replay.report_height_m"}
     for group in GROUPS.values():
         for key, value in group.defaults().items():
             name = group.key(key)

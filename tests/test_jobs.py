@@ -16,7 +16,10 @@ from descent_opt.cli import config_dir
 from descent_opt.config import ConfigError
 from descent_opt.jobs import JOBS, Job, check_experiment, job
 
-UNKNOWN = "error: experiment: must be one of robust_gains, monte_carlo, thrust_schedule, export"
+UNKNOWN = (
+    "error: experiment: must be one of robust_gains, monte_carlo, thrust_schedule, export, "
+    "replay, envelope"
+)
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,7 @@ import jax, equinox as eqx
 import descent_opt
 from descent_opt.guidance import default_gains
 from descent_opt.optimize import gains as tuning
-from descent_opt.stages import m2_replay_scenario
+from descent_opt.stages import replay_scenario_of
 from descent_opt.simulate import _simulate_traces, simulate
 
 config = descent_opt.load_config(["+experiment=robust_gains"])
@@ -261,7 +261,7 @@ start = time.perf_counter()
 simulate.lower(config.sim, gains, heldout).compile()
 out["evaluation_s"] = time.perf_counter() - start
 start = time.perf_counter()
-_simulate_traces.lower(config.sim, gains, m2_replay_scenario(config)).compile()
+_simulate_traces.lower(config.sim, gains, replay_scenario_of(config)).compile()
 out["replay_traces_s"] = time.perf_counter() - start
 out["total_s"] = sum(out.values())
 print(json.dumps(out))
