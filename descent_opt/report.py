@@ -345,7 +345,10 @@ def plot_envelope(
     required success and each table's edge marked; the axis runs from benign to harsh."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.axvspan(*catalog_range, color="0.85", alpha=0.6, lw=0, label="catalog's range")
+    values = [p["value"] for points in curves.values() for p in points]
+    shaded = max(catalog_range[0], min(values)), min(catalog_range[1], max(values))
+    if shaded[1] > shaded[0]:  # the part of the catalog's range the grid covers
+        ax.axvspan(*shaded, color="0.85", alpha=0.6, lw=0, label="catalog's range")
     ax.axhline(required_success, color="k", ls=":", lw=1, label=f"required {required_success:g}")
     for k, (name, points) in enumerate(curves.items()):
         color = f"C{k}"
@@ -358,7 +361,6 @@ def plot_envelope(
             ax.axvline(
                 edges[name], color=color, ls="--", lw=1.2, label=f"{name}: edge {edges[name]:g}"
             )
-    values = [p["value"] for points in curves.values() for p in points]
     if len(values) > 1 and values[0] > values[-1]:
         ax.invert_xaxis()  # harsher is lower: benign on the left
     ax.set_xlabel(axis + " (benign to harsh)")
