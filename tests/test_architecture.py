@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "descent_opt"
 LAYERS = (
     # foundations: no model, no JAX program of their own (or a generic one)
     ("_version", "schema", "rundir", "noise", "device_program", "execution", "distributed",
-     "statistics", "faults", "dynamics"),
+     "statistics", "faults", "dynamics", "rare_event"),
     # the models of the lander, its sensors, the ground and the guidance
     ("terrain", "navigation", "sensors", "guidance", "scenarios", "certification"),
     # the closed loop and what is computed from its outcomes
