@@ -123,47 +123,107 @@ FAULT_PARAMETERS: dict[str, tuple[Callable[[FaultCatalog], tuple], Callable]] = 
 }
 
 
-def sample_fault(
-    catalog: FaultCatalog, *, key: PRNGKeyArray, no_acquisition_m: float = NEVER_LATE_M
-) -> Faults:
-    """Draw the fault parameters of one scenario. Units without the late-acquisition fault
-    acquire at ``no_acquisition_m`` (i.e. only the design maximum range limits them)."""
+class FaultLatents(eqx.Module):
+    """The random draws behind one scenario's faults (a population with a batch axis):
+    uniforms on [0, 1) for each fault's occurrence (``*_occurs``, compared with the
+    catalog's rate) and its value within the catalog's range, standard normals for the
+    calibration errors. :func:`faults_from_latents` turns them into :class:`Faults` for any
+    catalog. Each draw is its own field, drawn and transformed as a scalar, so that the
+    programs that sample populations stay the same as before the draws had names."""
+
+    late_acquisition_occurs: Float[Array, "*batch"]
+    acquisition_range: Float[Array, "*batch"]
+    latency_occurs: Float[Array, "*batch"]
+    latency: Float[Array, "*batch"]
+    dropout_occurs: Float[Array, "*batch"]
+    dropout_prob: Float[Array, "*batch"]
+    bias: Float[Array, "*batch"]  # standard normal
+    scale_factor: Float[Array, "*batch"]  # standard normal
+    dark_terrain_occurs: Float[Array, "*batch"]
+    heavy_tail_scale: Float[Array, "*batch"]
+    absent_occurs: Float[Array, "*batch"]
+    rim_step_occurs: Float[Array, "*batch"]
+    rim_step_height: Float[Array, "*batch"]
+    rim_radius: Float[Array, "*batch"]
+
+
+# The draws in the order of the 16 keys split from a scenario's fault key (the last two
+# keys are unused), and which of them are standard normals (the others are uniforms).
+LATENT_FIELDS = tuple(f.name for f in dataclasses.fields(FaultLatents))
+NORMAL_LATENTS = ("bias", "scale_factor")
+
+
+@jax.jit
+def _within(u, lo, hi):
+    # jax.random.uniform's own transform, compiled as it is (a jitted function of its own,
+    # so that the multiply-add fuses alike), so that draws equal its samples bit for bit
+    return jnp.maximum(lo, u * (hi - lo) + lo)
+
+
+def fault_latents(*, key: PRNGKeyArray) -> FaultLatents:
+    """The fault draws of one scenario from its key."""
     keys = jax.random.split(key, 16)
+    draw = {
+        name: (jax.random.normal if name in NORMAL_LATENTS else jax.random.uniform)(k)
+        for name, k in zip(LATENT_FIELDS, keys)
+    }
+    return FaultLatents(**draw)
 
-    def occurs(k, rate):
-        return jax.random.bernoulli(k, rate)
 
-    def uniform(k, bounds):
-        return jax.random.uniform(k, minval=bounds[0], maxval=bounds[1])
+def faults_from_latents(
+    catalog: FaultCatalog, latents: FaultLatents, no_acquisition_m: float = NEVER_LATE_M
+) -> Faults:
+    """The fault parameters the draws ``latents`` give under ``catalog`` (no batch axis):
+    a fault occurs when its uniform is below the catalog's rate, its value is the uniform's
+    point of the catalog's range; bias and scale factor are the normals times the
+    catalog's sigmas. Units without the late-acquisition fault acquire at
+    ``no_acquisition_m`` (only the design maximum range limits them)."""
+    z = latents
 
-    late = occurs(keys[0], catalog.late_acquisition_rate)
-    acquisition = jnp.where(late, uniform(keys[1], catalog.acquisition_range_m), no_acquisition_m)
+    def occurs(name, rate):
+        return getattr(z, f"{name}_occurs") < rate
+
+    def within(name, bounds):
+        u = getattr(z, name)
+        lo, hi = (jnp.asarray(b, u.dtype) for b in bounds)
+        return _within(u, lo, hi)
+
+    acquisition = jnp.where(
+        occurs("late_acquisition", catalog.late_acquisition_rate),
+        within("acquisition_range", catalog.acquisition_range_m),
+        no_acquisition_m,
+    )
     latency = jnp.where(
-        occurs(keys[2], catalog.latency_rate), uniform(keys[3], catalog.latency_s), 0.0
+        occurs("latency", catalog.latency_rate), within("latency", catalog.latency_s), 0.0
     )
     dropout = jnp.where(
-        occurs(keys[4], catalog.dropout_rate), uniform(keys[5], catalog.dropout_prob), 0.0
+        occurs("dropout", catalog.dropout_rate), within("dropout_prob", catalog.dropout_prob), 0.0
     )
-    bias = catalog.bias_sigma_m * jax.random.normal(keys[6])
-    scale = 1.0 + catalog.scale_factor_sigma * jax.random.normal(keys[7])
     tail = jnp.where(
-        occurs(keys[8], catalog.dark_terrain_rate),
-        uniform(keys[9], catalog.heavy_tail_scale_m),
+        occurs("dark_terrain", catalog.dark_terrain_rate),
+        within("heavy_tail_scale", catalog.heavy_tail_scale_m),
         0.0,
     )
-    absent = occurs(keys[10], catalog.absent_rate)
-    rim = occurs(keys[11], catalog.rim_step_rate)
+    rim = occurs("rim_step", catalog.rim_step_rate)
     return Faults(
         acquisition_range_m=acquisition,
         latency_s=latency,
         dropout_prob=dropout,
-        bias_m=bias,
-        scale_factor=scale,
+        bias_m=catalog.bias_sigma_m * z.bias,
+        scale_factor=1.0 + catalog.scale_factor_sigma * z.scale_factor,
         heavy_tail_scale_m=tail,
-        absent=absent,
-        rim_step_height_m=jnp.where(rim, uniform(keys[12], catalog.rim_step_height_m), 0.0),
-        rim_radius_m=uniform(keys[13], catalog.rim_radius_m),
+        absent=occurs("absent", catalog.absent_rate),
+        rim_step_height_m=jnp.where(rim, within("rim_step_height", catalog.rim_step_height_m), 0.0),
+        rim_radius_m=within("rim_radius", catalog.rim_radius_m),
     )
+
+
+def sample_fault(
+    catalog: FaultCatalog, *, key: PRNGKeyArray, no_acquisition_m: float = NEVER_LATE_M
+) -> Faults:
+    """Draw the fault parameters of one scenario (:func:`fault_latents` of ``key`` under
+    ``catalog``)."""
+    return faults_from_latents(catalog, fault_latents(key=key), no_acquisition_m)
 
 
 def sample_faults(catalog: FaultCatalog, n: int, *, key: PRNGKeyArray) -> Faults:
