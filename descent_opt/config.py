@@ -29,6 +29,7 @@ from descent_opt.guidance import (
     SCHEDULED_COLUMNS,
     GuidanceSpec,
 )
+from descent_opt.latent_flights import EVENTS
 from descent_opt.navigation import REJECT_POLICIES
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria
 from descent_opt.optimize.gains import TrainSpec
@@ -55,6 +56,7 @@ from descent_opt.sensors import ImuSpec, LrfSpec
 from descent_opt.simulate import SimSpec, decided_horizon_s
 
 PRECISIONS = ("float32", "float64")
+RARE_EVENT_METHODS = ("cross_entropy", "subset_simulation", "monte_carlo")
 MAX_INDEX = 2**32 - 1  # members are drawn with fold_in of a 32-bit index
 MAX_REFLY = 1000
 
@@ -73,6 +75,19 @@ class EvaluationSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class RareEventSpec:
+    """What rare event, by which method, with what budget."""
+
+    method: str = "cross_entropy"
+    event: str = "failure"  # failure: the success rules broken; touchdown_speed: above threshold
+    threshold_mps: float | None = None  # touchdown_speed: the speed; failure: unused
+    n_per_level: int = 4000  # flights per adaptation level (subset simulation: per level)
+    n_final: int = 20_000  # cross_entropy: flights of the final estimate; monte_carlo: all
+    max_levels: int = 20
+    keep: int = 20  # failures listed, re-flown by evaluation index
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     experiment: str | None
     seed: int
@@ -88,6 +103,7 @@ class RunConfig:
     evaluation: EvaluationSpec
     replay: ReplaySpec
     envelope: EnvelopeSpec
+    rare_event: RareEventSpec
     altitude_breakpoints_m: tuple[float, ...]
     progress: bool
     precision: str = "float32"
@@ -409,6 +425,20 @@ GROUPS: dict[str, Group] = {
             "required_success": "the edge: worst value whose one-sided 95 % lower bound of "
             "success is at least this",
         })),
+        Group("rare_event", _fields(RareEventSpec, {
+            "method": Choice(RARE_EVENT_METHODS), "event": Choice(EVENTS),
+            "threshold_mps": OrNone(_POSITIVE), "n_per_level": Number(lo=100, integer=True),
+            "n_final": Number(lo=100, integer=True),
+            "max_levels": Number(lo=1, hi=100, integer=True),
+            "keep": Number(lo=0, hi=1000, integer=True),
+        }, {
+            "method": "cross_entropy (importance sampling), subset_simulation or monte_carlo",
+            "event": "failure (success rules broken) or touchdown_speed (above threshold_mps)",
+            "threshold_mps": "touchdown_speed: the speed (> 0)",
+            "n_per_level": "flights per level (the budget: n_per_level x levels + n_final)",
+            "n_final": "cross_entropy: flights of the final estimate; monte_carlo: every flight",
+            "keep": "failures listed by latent vector and re-flown",
+        }), "rare-failure probabilities: +experiment=rare_event"),
         Group("thrust_schedule", (
             *_fields(ScheduleSpec, {
                 "glide_slope_deg": Number(lo=0.0, hi=89.0),
@@ -525,6 +555,7 @@ def read_config(cfg: Mapping) -> RunConfig:
         evaluation=EvaluationSpec(**v["evaluation"]),
         replay=ReplaySpec(**v["replay"]),
         envelope=_envelope(v["envelope"]),
+        rare_event=_rare_event(v["rare_event"]),
         altitude_breakpoints_m=breakpoints,
         progress=top["progress"],
         precision=top["precision"],
@@ -537,6 +568,18 @@ def read_config(cfg: Mapping) -> RunConfig:
         unlandable=v["certification"]["unlandable"],
         settings_json=json.dumps(shown, sort_keys=True, default=str),
     )
+
+
+def _rare_event(values: dict) -> RareEventSpec:
+    spec = RareEventSpec(**values)
+    if spec.event == "touchdown_speed" and spec.threshold_mps is None:
+        raise ConfigError(
+            "rare_event.threshold_mps", "a speed > 0 with event touchdown_speed", None
+        )
+    if spec.method == "subset_simulation" and spec.n_per_level % 10:
+        raise ConfigError("rare_event.n_per_level", "a multiple of 10 for subset_simulation",
+                          spec.n_per_level)  # fmt: skip
+    return spec
 
 
 def _envelope(values: dict) -> EnvelopeSpec:

@@ -28,7 +28,15 @@ def flag_calls():
 def test_help_names_the_app_and_its_jobs(flag_calls):
     status, out, _ = flag_calls[0]
     assert status == 0 and out.startswith("descent_opt:")
-    for job in ("robust_gains", "monte_carlo", "thrust_schedule", "export", "envelope"):
+    for job in (
+        "robust_gains",
+        "monte_carlo",
+        "thrust_schedule",
+        "export",
+        "envelope",
+        "rare_event",
+        "replay_m1,",
+    ):
         assert f"\n  {job} " in out
     assert "terrain: crater, crater_field, flat, slope" in out
     assert "powered by Hydra" not in out and "mass_dry_kg" not in out  # no config dump

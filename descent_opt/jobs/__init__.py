@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from descent_opt.config import RunConfig
     from descent_opt.guidance import Gains
 
-JOBS = ("robust_gains", "monte_carlo", "thrust_schedule", "export", "replay", "envelope")
+JOBS = (
+    "robust_gains", "monte_carlo", "thrust_schedule", "export", "replay", "envelope",
+    "rare_event",
+)  # fmt: skip
 # The groups that make a flight: vehicle, start, terrain, sensors and faults, guidance and
 # navigation, and what counts as a safe landing.
 FLIGHT_GROUPS = (

@@ -1,0 +1,95 @@
+"""Rare-failure probabilities of the closed loop: the latent limit state flies exactly the
+members plain sampling draws, re-flies any evaluation by its index, and the rare_event job
+reports its estimate and refuses bad input in one line."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cli_runs import run_cli, run_cli_calls
+
+import descent_opt
+from descent_opt.guidance import default_gains
+from descent_opt.latent_flights import LatentFlights, failure_margin
+from descent_opt.objectives import landing_metrics
+from descent_opt.scenarios import population_latents, to_normal
+from descent_opt.simulate import simulate_population
+
+# A short, low descent on flat ground with nominal sensors: cheap flights.
+FLIGHT = [
+    "sim.duration_s=60", "scenario.r0_m=[-50.0,0.0,1500.0]", "scenario.v0_mps=[0.0,0.0,-35.0]",
+    "terrain=flat", "faults=nominal", "progress=false",
+]  # fmt: skip
+
+
+def _flights():
+    config = descent_opt.load_config(FLIGHT)
+    gains = default_gains(config.altitude_breakpoints_m)
+    key = config.population_key()
+    g = LatentFlights(config.sim, gains, config.sampler(), config.success, key=key)
+    return config, gains, key, g
+
+
+def test_limit_state_flies_the_members_plain_sampling_draws():
+    """g of the members' own normal view scores each member as plain sampling flies it:
+    its failure margin, above 1 exactly where the success rules break; a second call
+    carries on counting and re-flying an evaluation by its index gives its score again."""
+    config, gains, key, g = _flights()
+    n = 256
+    x = np.asarray(to_normal(population_latents(key, jnp.arange(n, dtype=jnp.uint32))))
+    g.threshold = 1.0
+    score = g(x)
+    m = landing_metrics(
+        simulate_population(config.sim, gains, config.sampler()(key, n)), config.success
+    )
+    # The same members through another program: equal to float32 rounding.
+    np.testing.assert_allclose(score, np.asarray(failure_margin(m, config.success)), rtol=1e-5)
+    np.testing.assert_array_equal(score > 1.0, ~np.asarray(m.success))
+    assert g.evaluations == n
+    assert [e[0] for e in g.exceedances] == list(np.flatnonzero(score >= 1.0))
+    g(x[:8])  # evaluations n .. n + 7: new keyed parts
+    assert g.evaluations == n + 8
+    again = g.fly(x[5:6], 5)["score"]
+    np.testing.assert_array_equal(again, score[5:6])
+
+
+@pytest.mark.slow
+def test_job_reports_the_estimate_and_refuses_bad_input(tmp_path):
+    """A small cross-entropy run of the touchdown-speed tail: the metrics a review reads,
+    the budget respected, failures re-flown to their score; bad input in one line, exit 2,
+    nothing written."""
+    run = tmp_path / "re"
+    args = ["+experiment=rare_event", *FLIGHT, "rare_event.event=touchdown_speed",
+            "rare_event.threshold_mps=1.6", "rare_event.n_per_level=500",
+            "rare_event.n_final=1000", "rare_event.max_levels=6", "rare_event.keep=3"]  # fmt: skip
+    proc = run_cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())
+    for key in ("failure_probability", "failure_probability_ci95", "cov",
+                "effective_sample_size", "n_simulations", "proposal", "failures"):  # fmt: skip
+        assert key in m, key
+    assert m["n_simulations"] <= 500 * 6 + 1000
+    low, high = m["failure_probability_ci95"]
+    assert 0.0 <= low <= m["failure_probability"] <= high <= 1.0
+    assert m["failure_probability"] > 0.0 and len(m["failures"]) == 3
+    for f in m["failures"]:
+        assert f["rescore"] == f["score"] >= 1.6 and f["touchdown_speed_mps"] >= 1.6
+        assert len(f["latents"]) == 30
+    bad = {
+        "rare_event.n_per_level=0": "rare_event.n_per_level",
+        "rare_event.n_final=-5": "rare_event.n_final",
+        "rare_event.threshold_mps=-1.0": "rare_event.threshold_mps",
+        "rare_event.method=importance": "rare_event.method",
+        "rare_event.event=touchdown_speed": "rare_event.threshold_mps",
+    }
+    calls = [["+experiment=rare_event", *FLIGHT, o, f"hydra.run.dir={tmp_path / str(i)}"]
+             for i, o in enumerate(bad)]  # fmt: skip
+    for (status, _, err), (override, key) in zip(run_cli_calls(*calls, cwd=tmp_path), bad.items()):
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key}:"), (
+            override, err,
+        )  # fmt: skip
+    assert not any((tmp_path / str(i) / "metrics.json").exists() for i in range(len(bad)))
