@@ -76,7 +76,9 @@ def test_job_reports_the_estimate_and_refuses_bad_input(tmp_path):
     assert 0.0 <= low <= m["failure_probability"] <= high <= 1.0
     assert m["failure_probability"] > 0.0 and len(m["failures"]) == 3
     for f in m["failures"]:
-        assert f["rescore"] == f["score"] >= 1.6 and f["touchdown_speed_mps"] >= 1.6
+        # Re-flown alone: the same flight in a program of another batch shape, equal to
+        # float32 rounding.
+        assert f["score"] >= 1.6 and f["rescore"] == pytest.approx(f["score"], rel=1e-4)
         assert len(f["latents"]) == 30
     bad = {
         "rare_event.n_per_level=0": "rare_event.n_per_level",

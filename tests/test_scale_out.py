@@ -46,8 +46,11 @@ def test_four_devices_fly_the_same_members_as_one(tmp_path):
     cache = tmp_path / "cache"
     after_one = {p.name for p in cache.iterdir()}
     assert any(name.startswith("jit__simulate") for name in after_one)
-    again = _metrics_with_devices(tmp_path, 1)  # served by the cache: nothing compiled
-    assert {p.name for p in cache.iterdir()} == after_one
+    again = _metrics_with_devices(tmp_path, 1)  # served by the cache
+    # The cache keeps programs that took over 1 s to compile: on a loaded machine a small
+    # one may cross that line on the second run; the simulator must come from the cache.
+    new = {p.name for p in cache.iterdir()} - after_one
+    assert not any(name.startswith("jit__simulate") for name in new), new
     assert again["failures"] == one["failures"]
     # Without the cache, the simulator is compiled for device 0 and loaded onto the others.
     four = _metrics_with_devices(tmp_path, 4, cache=False)

@@ -98,7 +98,8 @@ def _proposal(est) -> dict | None:
 
 def _refly(flights: LatentFlights, keep: int) -> list[dict]:
     """The highest-scoring exceedances found (worst first), each flown again by its
-    evaluation index: its latent vector and its touchdown."""
+    evaluation index (alone: a program of another batch shape, so its score agrees to
+    float rounding): its latent vector and its touchdown."""
     found = sorted(flights.exceedances, key=lambda e: -e[2])[:keep]
     out = []
     for index, x, score in found:
