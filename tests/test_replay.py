@@ -102,6 +102,7 @@ def test_replay_scenario_applies_every_departure():
     np.testing.assert_allclose(p.nav_position_error_m, 0.0)
 
 
+@pytest.mark.slow
 def test_main_job_m2_block_is_the_replay_job(tiny_main_job, tmp_path):
     """One definition: the replay_m2 job flying the main job's baseline table gives the
     main job's m2_replay block, figure for figure; its outputs are written."""
