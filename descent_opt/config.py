@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from descent_opt.distributed import ENABLED, DistributedSpec
 from descent_opt.dynamics import Vehicle
-from descent_opt.envelope import AXES, EnvelopeSpec
+from descent_opt.envelope import AXES, VALUE_BOUNDS, EnvelopeSpec
 from descent_opt.faults import FAULT_CLASSES, FaultCatalog
 from descent_opt.guidance import (
     ALTITUDE_BREAKPOINTS_M,
@@ -592,6 +592,14 @@ def _envelope(values: dict) -> EnvelopeSpec:
             "a grid for one axis only (set envelope.axis=[NAME])",
             list(spec.values),
         )
+    if spec.values is not None:
+        (axis,) = spec.axis
+        lo, hi = VALUE_BOUNDS[axis]
+        if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in spec.values):
+            bounds = " and ".join(
+                f"{word} {b:g}" for word, b in ((">=", lo), ("<=", hi)) if b is not None
+            )
+            raise ConfigError("envelope.values", f"values of {axis} {bounds}", list(spec.values))
     return spec
 
 

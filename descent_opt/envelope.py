@@ -29,7 +29,6 @@ from descent_opt.guidance import Gains
 from descent_opt.objectives import SuccessCriteria
 from descent_opt.population import PopulationResult, fly_population
 from descent_opt.scenarios import Scenario, ScenarioSampler, ScenarioSpec
-from descent_opt.schema import ConfigError
 from descent_opt.simulate import SimSpec
 from descent_opt.tally import Tally
 
@@ -87,17 +86,6 @@ class EnvelopeSpec:
     points: int = 12  # values per axis on the default grid
     n_scenarios: int = 4096  # scenarios per point
     required_success: float = 0.99  # the edge: one-sided 95 % lower bound at least this
-
-    def __post_init__(self):
-        if self.values is None or len(self.axis) != 1:
-            return
-        (axis,) = self.axis
-        lo, hi = VALUE_BOUNDS.get(axis, (None, None))
-        if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in self.values):
-            bounds = " and ".join(
-                f"{word} {b:g}" for word, b in ((">=", lo), ("<=", hi)) if b is not None
-            )
-            raise ConfigError("envelope.values", f"values of {axis} {bounds}", list(self.values))
 
 
 def harsher_lower(axis: str) -> bool:
