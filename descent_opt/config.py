@@ -85,6 +85,7 @@ class RareEventSpec:
     n_final: int = 20_000  # cross_entropy: flights of the final estimate; monte_carlo: all
     max_levels: int = 20
     keep: int = 20  # failures listed, re-flown by evaluation index
+    by_fault: bool = False  # also the probability given each fault class of the catalog
 
 
 @dataclasses.dataclass(frozen=True)
@@ -430,7 +431,7 @@ GROUPS: dict[str, Group] = {
             "threshold_mps": OrNone(_POSITIVE), "n_per_level": Number(lo=100, integer=True),
             "n_final": Number(lo=100, integer=True),
             "max_levels": Number(lo=1, hi=100, integer=True),
-            "keep": Number(lo=0, hi=1000, integer=True),
+            "keep": Number(lo=0, hi=1000, integer=True), "by_fault": Flag(),
         }, {
             "method": "cross_entropy (importance sampling), subset_simulation or monte_carlo",
             "event": "failure (success rules broken) or touchdown_speed (above threshold_mps)",
@@ -438,6 +439,8 @@ GROUPS: dict[str, Group] = {
             "n_per_level": "flights per level (the budget: n_per_level x levels + n_final)",
             "n_final": "cross_entropy: flights of the final estimate; monte_carlo: every flight",
             "keep": "failures listed by latent vector and re-flown",
+            "by_fault": "also the probability given each fault class the catalog draws, "
+            "on the catalog conditioned on it (metrics.json by_fault)",
         }), "rare-failure probabilities: +experiment=rare_event"),
         Group("thrust_schedule", (
             *_fields(ScheduleSpec, {

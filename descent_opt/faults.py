@@ -83,16 +83,70 @@ def faults_of(records: Mapping[str, Array]) -> Faults:
 # maximum range limits it.
 NEVER_LATE_M = 1e9
 
+# The acquisition range below which a unit is in the acquisition_below_1200m class.
+LATE_CLASS_M = 1200.0
+
 # Fault classes reported in ``by_fault`` and certified apart: which scenarios belong to each
 # (the predicates work on NumPy or JAX arrays of a population's faults).
 FAULT_CLASSES: dict[str, Callable[["Faults"], Array]] = {
-    "acquisition_below_1200m": lambda f: f.acquisition_range_m < 1200.0,
+    "acquisition_below_1200m": lambda f: f.acquisition_range_m < LATE_CLASS_M,
     "latency": lambda f: f.latency_s > 0.0,
     "dropouts": lambda f: f.dropout_prob > 0.0,
     "dark_terrain": lambda f: f.heavy_tail_scale_m > 0.0,
     "lrf_absent": lambda f: f.absent,
     "rim_step": lambda f: f.rim_step_height_m > 0.0,
 }
+
+
+# Each fault class's rate in the catalog, and the range of the value that marks it (None:
+# the class is the fault's occurrence alone).
+_CLASS_FIELDS: dict[str, tuple[str, str | None]] = {
+    "acquisition_below_1200m": ("late_acquisition_rate", "acquisition_range_m"),
+    "latency": ("latency_rate", "latency_s"),
+    "dropouts": ("dropout_rate", "dropout_prob"),
+    "dark_terrain": ("dark_terrain_rate", "heavy_tail_scale_m"),
+    "lrf_absent": ("absent_rate", None),
+    "rim_step": ("rim_step_rate", "rim_step_height_m"),
+}
+# The float32 just below LATE_CLASS_M: the top of the conditioned acquisition range, so that
+# no value rounds up onto the class's edge.
+_BELOW_LATE_CLASS_M = LATE_CLASS_M - 2.0**-13
+
+
+def class_rate(catalog: FaultCatalog, fault_class: str) -> float:
+    """The probability that a scenario drawn from ``catalog`` is in ``fault_class`` (a
+    :data:`FAULT_CLASSES` name): the fault's rate times the share of its value range that
+    marks the class (below 1,200 m for the acquisition range, above 0 for the others)."""
+    rate_field, range_field = _CLASS_FIELDS[fault_class]
+    rate = float(getattr(catalog, rate_field))
+    if range_field is None:
+        return rate
+    lo, hi = (float(b) for b in getattr(catalog, range_field))
+    if fault_class != "acquisition_below_1200m":
+        return rate if hi > 0.0 else 0.0
+    if hi <= lo:
+        return rate if lo < LATE_CLASS_M else 0.0
+    return rate * min(max((LATE_CLASS_M - lo) / (hi - lo), 0.0), 1.0)
+
+
+def given(catalog: FaultCatalog, fault_class: str) -> FaultCatalog:
+    """``catalog`` conditioned on ``fault_class`` (a :data:`FAULT_CLASSES` name): every
+    scenario it draws is in the class, and every other fault parameter keeps its
+    distribution. Exact, since each fault occurs on its own uniform draw below its rate and
+    takes a uniform value in its range: the class's rate becomes 1 (and, for
+    ``acquisition_below_1200m``, the range is cut at 1,200 m). Estimates over it are
+    probabilities given the class; times :func:`class_rate` they are its share of the
+    catalog's. ValueError for a class the catalog never draws."""
+    if fault_class not in FAULT_CLASSES:
+        raise ValueError(f"fault class {fault_class!r} is not one of {tuple(FAULT_CLASSES)}")
+    if class_rate(catalog, fault_class) <= 0.0:
+        raise ValueError(f"fault class {fault_class!r} cannot occur under this catalog")
+    rate_field, _ = _CLASS_FIELDS[fault_class]
+    changes = {rate_field: 1.0}
+    if fault_class == "acquisition_below_1200m":
+        lo, hi = catalog.acquisition_range_m
+        changes["acquisition_range_m"] = (lo, min(hi, _BELOW_LATE_CLASS_M))
+    return dataclasses.replace(catalog, **changes)
 
 
 def late_acquisition(f: "Faults") -> Array:
