@@ -109,6 +109,7 @@ class Checkpoints:
         records = {
             "history": _subtree(arrays, "history"),
             "replay_worst": arrays.get("replay_worst"),
+            "adversarial_rows": arrays.get("adversarial_rows"),
         }
         try:
             tree = tree_from_arrays(arrays, _as_tree(template) | records)
@@ -124,6 +125,7 @@ class Checkpoints:
             tree["key"],
             {name: [float(x) for x in values] for name, values in tree["history"].items()},
             tree["replay_worst"],
+            tree["adversarial_rows"],
         )
 
     def saver(self, phase: str, steps: int) -> Callable[[TrainState], None]:
@@ -194,7 +196,7 @@ class Checkpoints:
 
 def _as_tree(state: TrainState) -> dict:
     """``state`` as the pytree a checkpoint holds: host records as NumPy arrays."""
-    worst = state.replay_worst
+    worst, rows = state.replay_worst, state.adversarial_rows
     return {
         "step": np.asarray(state.step, np.int64),
         "params": state.params,
@@ -203,6 +205,7 @@ def _as_tree(state: TrainState) -> dict:
         "key": state.key,
         "history": {name: np.asarray(v, np.float64) for name, v in state.history.items()},
         "replay_worst": None if worst is None else np.asarray(worst, np.int64),
+        "adversarial_rows": None if rows is None else np.asarray(rows, np.float64),
     }
 
 

@@ -54,6 +54,9 @@ from descent_opt.schema import (
 )
 from descent_opt.sensors import ImuSpec, LrfSpec
 from descent_opt.simulate import SimSpec, decided_horizon_s
+from descent_opt.worst_case import METHODS as WORST_CASE_METHODS
+from descent_opt.worst_case import TARGETS as WORST_CASE_TARGETS
+from descent_opt.worst_case import WorstCaseSpec
 
 PRECISIONS = ("float32", "float64")
 RARE_EVENT_METHODS = ("cross_entropy", "subset_simulation", "monte_carlo")
@@ -116,6 +119,7 @@ class RunConfig:
     resume: bool = False
     gains_paths: tuple[str, ...] = ()  # gains=PATH or gains=[A,B] (envelope)
     unlandable: tuple[str, ...] = ("lrf_absent",)  # fault classes certified apart
+    worst_case: WorstCaseSpec = WorstCaseSpec()
     settings_json: str = "{}"  # every key as read (dotted names), for checkpoints
 
     def settings(self) -> dict:
@@ -355,6 +359,8 @@ GROUPS: dict[str, Group] = {
             "replay_pool": Number(lo=2, hi=1 << 24, integer=True), "replay_worst": _COUNT,
             "replay_fraction": Number(lo=0.0, lo_open=True, hi=1.0),
             "frozen": Names(_GAIN_NAMES, "gain names"),
+            "adversarial_fraction": Number(lo=0.0, hi=1.0, hi_open=True),
+            "adversarial_every": _COUNT, "adversarial_steps": _COUNT,
         }, {
             "steps": "each of baseline (nominal sensors) and optimized (faults) tuning",
             "batch_size": "scenarios per step; auto: 128 on the CPU, 8,192 on a GPU",
@@ -362,6 +368,10 @@ GROUPS: dict[str, Group] = {
             "replay_worst": "the pool's riskiest members (< replay_pool): one stratum",
             "replay_fraction": "share of each minibatch drawn from them (weighted: unbiased)",
             "frozen": "gains left at their starting values",
+            "adversarial_fraction": "share of each minibatch that is worst cases of the "
+            "current gains (worst_case's gradient search; 0: off)",
+            "adversarial_every": "steps between searches for those worst cases",
+            "adversarial_steps": "ascent steps of each search",
         })),
         Group("evaluation", _fields(EvaluationSpec, {
             "n_scenarios": Number(lo=1, hi=MAX_INDEX, integer=True),
@@ -442,6 +452,33 @@ GROUPS: dict[str, Group] = {
             "by_fault": "also the probability given each fault class the catalog draws, "
             "on the catalog conditioned on it (metrics.json by_fault)",
         }), "rare-failure probabilities: +experiment=rare_event"),
+        Group("worst_case", _fields(WorstCaseSpec, {
+            "sigma_bound": Number(lo=0.0, lo_open=True, hi=10.0),
+            "screen": Number(lo=0, hi=MAX_INDEX, integer=True),
+            "restarts": Number(lo=1, hi=100_000, integer=True),
+            "steps": Number(lo=1, hi=10_000, integer=True),
+            "learning_rate": _POSITIVE,
+            "mutation": Number(lo=0.0, hi=1.0),
+            "seeds": Number(lo=1, hi=1000, integer=True),
+            "budget": OrNone(Number(lo=1, hi=MAX_INDEX, integer=True)),
+            "reference_samples": Number(lo=0, hi=MAX_INDEX, integer=True),
+            "methods": Names(WORST_CASE_METHODS, "search methods"),
+            "include_unlandable": Flag(),
+            "target": Choice(WORST_CASE_TARGETS),
+        }, {
+            "sigma_bound": "dispersion and calibration draws searched within +- this many sigmas",
+            "screen": "gradient: random points flown first; the restarts are their worst",
+            "restarts": "gradient: points ascended at once; cma_es: its population",
+            "steps": "gradient steps, each proposal flown with the hard rules",
+            "learning_rate": "Adam's step in the logit space of the search cube",
+            "mutation": "gradient: Gaussian step of the fault coordinates (in the cube)",
+            "target": "gradient: what is ascended, impact_speed or the training loss",
+            "seeds": "independent runs of each method (the falsification table's)",
+            "budget": "flights per run (a gradient pass costs 3); null: the gradient search's",
+            "reference_samples": "plain catalog samples whose worst is the bar; 0: none",
+            "methods": "gradient, random and/or cma_es",
+            "include_unlandable": "search the fault classes certified apart too",
+        }), "worst cases: +experiment=worst_case"),
         Group("thrust_schedule", (
             *_fields(ScheduleSpec, {
                 "glide_slope_deg": Number(lo=0.0, hi=89.0),
@@ -569,6 +606,7 @@ def read_config(cfg: Mapping) -> RunConfig:
         checkpoint_every_steps=v["checkpoint"]["every_steps"],
         resume=top["resume"],
         unlandable=v["certification"]["unlandable"],
+        worst_case=_worst_case(v["worst_case"]),
         settings_json=json.dumps(shown, sort_keys=True, default=str),
     )
 
@@ -582,6 +620,13 @@ def _rare_event(values: dict) -> RareEventSpec:
     if spec.method == "subset_simulation" and spec.n_per_level % 10:
         raise ConfigError("rare_event.n_per_level", "a multiple of 10 for subset_simulation",
                           spec.n_per_level)  # fmt: skip
+    return spec
+
+
+def _worst_case(values: dict) -> WorstCaseSpec:
+    spec = WorstCaseSpec(**values)
+    if not spec.methods:
+        raise ConfigError("worst_case.methods", "a non-empty list of search methods", [])
     return spec
 
 

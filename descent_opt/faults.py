@@ -149,6 +149,34 @@ def given(catalog: FaultCatalog, fault_class: str) -> FaultCatalog:
     return dataclasses.replace(catalog, **changes)
 
 
+def without(catalog: FaultCatalog, fault_class: str) -> FaultCatalog:
+    """``catalog`` conditioned on ``fault_class`` being absent, exactly: the fault's rate
+    becomes its share outside the class, ``(rate - p) / (1 - p)`` with ``p`` the class's
+    :func:`class_rate` (0 for a class that is the fault's occurrence), and the acquisition
+    range starts at 1,200 m for ``acquisition_below_1200m``. ValueError for a class that
+    every scenario is in."""
+    if fault_class not in FAULT_CLASSES:
+        raise ValueError(f"fault class {fault_class!r} is not one of {tuple(FAULT_CLASSES)}")
+    p = class_rate(catalog, fault_class)
+    if p >= 1.0:
+        raise ValueError(f"fault class {fault_class!r} occurs in every scenario of this catalog")
+    rate_field, _ = _CLASS_FIELDS[fault_class]
+    rate = float(getattr(catalog, rate_field))
+    changes = {rate_field: max(0.0, (rate - p) / (1.0 - p))}
+    if fault_class == "acquisition_below_1200m":
+        lo, hi = catalog.acquisition_range_m
+        changes["acquisition_range_m"] = (max(lo, LATE_CLASS_M), max(hi, LATE_CLASS_M))
+    return dataclasses.replace(catalog, **changes)
+
+
+def landable(catalog: FaultCatalog, unlandable: tuple[str, ...]) -> FaultCatalog:
+    """``catalog`` without the fault classes ``unlandable`` (those certified apart): the
+    support that worst-case searches explore."""
+    for name in unlandable:
+        catalog = without(catalog, name)
+    return catalog
+
+
 def late_acquisition(f: "Faults") -> Array:
     """Units whose LRF gives its first valid range late (below a finite acquisition range)."""
     return f.acquisition_range_m < NEVER_LATE_M

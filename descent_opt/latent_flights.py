@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Float, PRNGKeyArray
+from jaxtyping import Float, Int, PRNGKeyArray
 
 from descent_opt.guidance import Gains
 from descent_opt.objectives import SuccessCriteria, landing_metrics
@@ -75,16 +75,24 @@ class LatentFlights:
     def dim(self) -> int:
         return len(LATENT_NAMES)
 
-    def scenarios(self, x: Float[np.ndarray, "n d"], first: int) -> Scenario:
-        """The scenarios of rows ``x`` flown as evaluations ``first, first + 1, ...``."""
-        indices = jnp.arange(first, first + len(x), dtype=jnp.uint32)
+    def scenarios(
+        self, x: Float[np.ndarray, "n d"], first: int | Int[np.ndarray, " n"]
+    ) -> Scenario:
+        """The scenarios of rows ``x`` flown as evaluations ``first, first + 1, ...`` (or,
+        ``first`` an array, as evaluations ``first[i]``)."""
+        if np.ndim(first):
+            indices = jnp.asarray(first, dtype=jnp.uint32)
+        else:
+            indices = jnp.arange(first, first + len(x), dtype=jnp.uint32)
         z = population_latents(self.key, indices)
         dtype = z.position.dtype
         return self.sampler.from_latents(with_normal(z, jnp.asarray(x, dtype)))
 
-    def fly(self, x: Float[np.ndarray, "n d"], first: int) -> dict[str, np.ndarray]:
-        """Fly rows ``x`` as evaluations from ``first``: per flight its score, touchdown
-        speeds, fuel and success (NumPy)."""
+    def fly(
+        self, x: Float[np.ndarray, "n d"], first: int | Int[np.ndarray, " n"]
+    ) -> dict[str, np.ndarray]:
+        """Fly rows ``x`` as evaluations from ``first`` (or evaluations ``first``, an
+        array): per flight its score, touchdown speeds, fuel and success (NumPy)."""
         outcome = simulate_population(self.sim, self.gains, self.scenarios(x, first))
         m = landing_metrics(outcome, self.success)
         score = m.speed_mps if self.event == "touchdown_speed" else failure_margin(m, self.success)

@@ -35,6 +35,15 @@ def save_figure_atomic(fig, path: Path) -> Path:
     return path
 
 
+def write_columns_csv(path: Path, columns: dict[str, np.ndarray]) -> Path:
+    """A CSV of equal-length columns (a header of their names), written atomically."""
+    names = list(columns)
+    table = np.column_stack([np.asarray(columns[n], dtype=float) for n in names])
+    lines = [",".join(names)] + [",".join(f"{v:.9g}" for v in row) for row in table]
+    write_text_atomic(Path(path), "\n".join(lines) + "\n")
+    return Path(path)
+
+
 def write_metrics(directory: Path, metrics: dict) -> Path:
     """``metrics.json``: the last file a job writes."""
     path = Path(directory) / "metrics.json"

@@ -77,14 +77,19 @@ class Number(Kind):
     hi: float | None = None
     lo_open: bool = False
     integer: bool = False
+    hi_open: bool = False
+
+    @property
+    def _upper(self) -> str:
+        return f"< {self.hi}" if self.hi_open else f"<= {self.hi}"
 
     @property
     def allowed(self) -> str:
         kind = "an integer" if self.integer else "a number"
         if self.lo is None:
-            return kind if self.hi is None else f"{kind} <= {self.hi}"
+            return kind if self.hi is None else f"{kind} {self._upper}"
         bound = f"> {self.lo}" if self.lo_open else f">= {self.lo}"
-        return f"{kind} {bound}" + (f" and <= {self.hi}" if self.hi is not None else "")
+        return f"{kind} {bound}" + (f" and {self._upper}" if self.hi is not None else "")
 
     def check(self, key, v):
         kind = "an integer" if self.integer else "a number"
@@ -97,8 +102,8 @@ class Number(Kind):
         lo, hi = self.lo, self.hi
         if lo is not None and (v <= lo if self.lo_open else v < lo):
             raise ConfigError(key, self.allowed, v)
-        if hi is not None and v > hi:
-            raise ConfigError(key, f"{kind} <= {hi}", v)
+        if hi is not None and (v >= hi if self.hi_open else v > hi):
+            raise ConfigError(key, self.allowed if self.hi_open else f"{kind} <= {hi}", v)
         return int(v) if self.integer else float(v)
 
 

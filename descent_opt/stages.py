@@ -18,7 +18,7 @@ from jaxtyping import PRNGKeyArray
 from descent_opt.checkpoint import Checkpoints
 from descent_opt.config import RunConfig
 from descent_opt.execution import concurrently
-from descent_opt.faults import FaultCatalog
+from descent_opt.faults import FaultCatalog, landable
 from descent_opt.guidance import Gains
 from descent_opt.jobs import Progress, scenario_progress
 from descent_opt.optimize.gains import initial_state, tune_gains
@@ -83,6 +83,7 @@ def tune(
             progress=callback,
             start=start,
             on_step=on_step,
+            adversary_sampler=config.sampler(landable(catalog, config.unlandable)),
         )
 
 

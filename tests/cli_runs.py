@@ -43,7 +43,8 @@ def run_cli(args, cwd, env=None, timeout=600):
 # What a job may write: none of it may exist after a run refused for bad input.
 RESULT_FILES = (
     "metrics.json", "gains.json", "gains.csv", "gains.h", "scenarios.npz", "traces.npz",
-    "touchdown_speed.png", "success_vs_faults.png",
+    "touchdown_speed.png", "success_vs_faults.png", "worst_case.png", "search_progress.png",
+    "worst_case_trace.csv",
 )  # fmt: skip
 
 
@@ -77,3 +78,17 @@ def run_cli_calls(*argvs, cwd=None):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_refused(experiment: str, base: list[str], bad: dict[str, str], tmp_path) -> None:
+    """Each override of ``bad`` (override -> the key its error must name) on top of
+    ``base``: one line on stderr naming the key, exit 2, and no result file written."""
+    calls = [[f"+experiment={experiment}", *base, o, f"hydra.run.dir={tmp_path / str(i)}"]
+             for i, o in enumerate(bad)]  # fmt: skip
+    for (status, _, err), (override, key) in zip(run_cli_calls(*calls, cwd=tmp_path), bad.items()):
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key}:"), (
+            override, err,
+        )  # fmt: skip
+    for i in range(len(bad)):
+        assert not any((tmp_path / str(i) / name).exists() for name in RESULT_FILES)

@@ -124,12 +124,14 @@ def test_state_round_trips_exactly(tmp_path):
         step=3,
         params=jax.tree.map(lambda x: x * 1.37 + 0.1, start.params),
         history={"objective": [0.1, 0.2, 1 / 3]},
+        adversarial_rows=np.linspace(-3.0, 3.0, 60).reshape(2, 30) / 7.0,
     )
     Checkpoints(tmp_path, {"seed": 0}, 2).save("baseline", state)
     reader = Checkpoints(tmp_path, {"seed": 0, "progress": False}, 5)  # operational key
     assert reader.load()
     back = reader.state("baseline", start)
     assert back.step == 3 and back.history == state.history
+    np.testing.assert_array_equal(back.adversarial_rows, state.adversarial_rows)
     assert reader.state("optimized", start) is None
     for part in ("params", "opt_state", "mean"):
         for x, y in zip(

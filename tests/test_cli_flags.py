@@ -35,6 +35,7 @@ def test_help_names_the_app_and_its_jobs(flag_calls):
         "export",
         "envelope",
         "rare_event",
+        "worst_case",
         "replay_m1,",
     ):
         assert f"\n  {job} " in out

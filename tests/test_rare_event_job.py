@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cli_runs import run_cli, run_cli_calls
+from cli_runs import assert_refused, run_cli
 
 import descent_opt
 from descent_opt import rare_event
@@ -98,14 +98,7 @@ def test_job_reports_the_estimate_and_refuses_bad_input(tmp_path):
         "rare_event.method=importance": "rare_event.method",
         "rare_event.event=touchdown_speed": "rare_event.threshold_mps",
     }
-    calls = [["+experiment=rare_event", *FLIGHT, o, f"hydra.run.dir={tmp_path / str(i)}"]
-             for i, o in enumerate(bad)]  # fmt: skip
-    for (status, _, err), (override, key) in zip(run_cli_calls(*calls, cwd=tmp_path), bad.items()):
-        lines = err.strip().splitlines()
-        assert status == 2 and len(lines) == 1 and lines[0].startswith(f"error: {key}:"), (
-            override, err,
-        )  # fmt: skip
-    assert not any((tmp_path / str(i) / "metrics.json").exists() for i in range(len(bad)))
+    assert_refused("rare_event", FLIGHT, bad, tmp_path)
 
 
 def test_by_fault_estimates_each_class_on_the_catalog_given_it():

@@ -1,5 +1,5 @@
-"""Gain tuning: the training step compiled once per setting, the weighted risk and failure
-replay's stratified minibatches (unbiased, resumable)."""
+"""Gain tuning: the training step compiled once per setting, the weighted risk, failure
+replay's stratified minibatches (unbiased, resumable) and adversarial minibatches."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ from shared_models import SHORT_DESCENT, VEHICLE
 
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import default_gains
-from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, weighted_cvar
+from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, scenario_loss, weighted_cvar
 from descent_opt.optimize import gains as tuning
-from descent_opt.scenarios import ScenarioSampler, TerrainSpec
-from descent_opt.simulate import SimSpec
+from descent_opt.scenarios import (
+    LATENT_NAMES,
+    ScenarioSampler,
+    TerrainSpec,
+    population_latents,
+    with_normal,
+)
+from descent_opt.simulate import SimSpec, simulate
+from descent_opt.worst_case import latent_rows
 
 
 @pytest.mark.slow
@@ -114,3 +121,50 @@ def test_failure_replay_resumes_bit_identically_and_frozen_gains_stay():
     np.testing.assert_array_equal(np.asarray(whole.zem_gain), np.asarray(start.zem_gain))
     moved = np.asarray(whole.descent_rate_mps) != np.asarray(start.descent_rate_mps)
     assert moved.any()
+
+
+@pytest.mark.slow
+def test_adversarial_tuning_trains_on_worse_cases_and_resumes_bit_identically():
+    """A quarter of each minibatch is worst cases of the current gains, searched every 2
+    steps: the search ends on flights the smoothed loss rates worse than its random
+    starting points, and a run stopped mid-refresh resumes to the uninterrupted gains."""
+    spec = SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0)
+    sampler = ScenarioSampler(
+        SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(absent_rate=0.0), 480.0
+    )
+    start = default_gains()
+    train = tuning.TrainSpec(
+        steps=4, batch_size=8, warmup_steps=1, replay_every=0, adversarial_fraction=0.25,
+        adversarial_every=2, adversarial_steps=3,
+    )  # fmt: skip
+    assert tuning.adversarial_count(train) == 2
+    args = (spec, start, sampler, SuccessCriteria(), ObjectiveSpec(), train)
+    saved = {}
+
+    def keep(state):
+        history = {k: list(v) for k, v in state.history.items()}
+        saved[state.step] = dataclasses.replace(state, history=history)
+
+    whole, history = tuning.tune_gains(*args, key=jax.random.key(1), on_step=keep)
+    assert saved[3].adversarial_rows.shape == (2, len(LATENT_NAMES))
+    resumed, again = tuning.tune_gains(*args, key=jax.random.key(1), start=saved[3])
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(history["objective"], again["objective"])
+
+    smooth = tuning.tuning_sim(spec, train.gate_softness)
+    key = jax.random.key(5)
+    rows = tuning.worst_cases(
+        smooth, start, sampler, SuccessCriteria(), ObjectiveSpec(), 8, 4, key=key
+    )
+    y0 = jax.random.uniform(key, (8, len(LATENT_NAMES)))
+    random_rows = latent_rows(y0, sampler.catalog, 3.0)
+
+    def losses(x):
+        z = population_latents(key, jnp.arange(8, dtype=jnp.uint32))
+        scenarios = sampler.from_latents(with_normal(z, jnp.asarray(x, jnp.float32)))
+        outcome = simulate(smooth, start, scenarios)
+        return np.asarray(scenario_loss(outcome, SuccessCriteria(), ObjectiveSpec()))
+
+    before, after = losses(random_rows), losses(rows)
+    assert after.mean() > 1.2 * before.mean() and (after >= before).sum() >= 6, (before, after)

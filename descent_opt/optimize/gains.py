@@ -32,8 +32,15 @@ from jaxtyping import PRNGKeyArray
 from descent_opt import execution
 from descent_opt.guidance import NAV_GAINS, Gains
 from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, risk, scenario_loss
-from descent_opt.scenarios import Scenario
+from descent_opt.scenarios import (
+    LATENT_NAMES,
+    Scenario,
+    ScenarioSampler,
+    population_latents,
+    with_normal,
+)
 from descent_opt.simulate import SimSpec, simulate, simulate_population
+from descent_opt.worst_case import WorstCaseSpec, ascend, latent_rows
 
 Sampler = Callable[[PRNGKeyArray, int], Scenario]
 
@@ -60,6 +67,14 @@ class TrainSpec(eqx.Module):
     replay_worst: int = 256
     replay_fraction: float = 0.5
     frozen: tuple[str, ...] = ()  # gains left at their starting values (names)
+    # Adversarial tuning (0: off): every ``adversarial_every`` steps, worst cases of the
+    # current gains are searched for (:func:`~descent_opt.worst_case.ascend`,
+    # ``adversarial_steps`` Adam steps up the smoothed loss from random points of the
+    # catalog's support); they are ``adversarial_fraction`` of each minibatch's members and
+    # weigh that share of its risk, the catalog's members the rest.
+    adversarial_fraction: float = 0.0
+    adversarial_every: int = 10
+    adversarial_steps: int = 5
 
 
 def auto_batch_size() -> int:
@@ -175,6 +190,18 @@ def population_risk(
     return risk(outcome, criteria, objective, propellant, count, weights)
 
 
+def tuning_sim(spec: SimSpec, gate_softness: float) -> SimSpec:
+    """The closed loop that gradients are taken through: flown to the planned horizon (a
+    flight still up there is penalised for the height it has left), with the soft gate
+    and the compact layout."""
+    return eqx.tree_at(
+        lambda s: (s.smoothing.gate_softness, s.numerics.unrolled, s.max_duration_s),
+        spec,
+        (gate_softness, False, None),
+        is_leaf=lambda x: x is None,
+    )
+
+
 def _scenario_mesh(devices) -> Mesh:
     """The tuning devices on one axis, ``scenario``, over which minibatches are shared."""
     return Mesh(np.asarray(devices), ("scenario",))
@@ -195,14 +222,19 @@ def _train_step(
     devices,
     indices=None,
     weights=None,
+    adversarial=None,
 ):
     # Module-level and keyed only on static settings: tuning runs that differ in their
     # fault catalog (array leaves of the sampler) share one compilation.
     # The minibatch: members 0 .. batch-1 of the population of ``key``, or (failure replay)
     # members ``indices`` of it with ``weights``.
+    # With ``adversarial`` (a key and latent rows): those scenarios follow the members, the
+    # last of ``weights`` theirs.
     batch = train.batch_size if indices is None else indices.shape[0]
     if indices is None:
         indices = jnp.arange(batch, dtype=jnp.uint32)
+    if adversarial is not None:
+        weights, adversarial_weights = weights[:batch], weights[batch:]
     mesh = None
     if len(devices) > 1:
         # Data-parallel: the minibatch, padded to a multiple of the device count, is
@@ -210,11 +242,21 @@ def _train_step(
         # risk (or weighs 0), and the gradient is summed over the devices.
         shares = len(devices)
         following = lambda x, k: jnp.arange(batch, batch + k, dtype=x.dtype)  # noqa: E731
+        nothing = lambda w, k: jnp.zeros((k, *w.shape[1:]), w.dtype)  # noqa: E731
         indices = execution.pad(indices, shares, following)
         if weights is not None:
-            weights = execution.pad(weights, shares, lambda w, k: jnp.zeros(k, w.dtype))
+            weights = execution.pad(weights, shares, nothing)
+        if adversarial is not None:
+            adversarial = (adversarial[0], execution.pad(adversarial[1], shares, nothing))
+            adversarial_weights = execution.pad(adversarial_weights, shares, nothing)
         mesh = _scenario_mesh(devices)
     scenarios = sampler.members(key, indices)
+    if adversarial is not None:
+        adversarial_key, rows = adversarial
+        found = population_latents(adversarial_key, jnp.arange(rows.shape[0], dtype=jnp.uint32))
+        worst = sampler.from_latents(with_normal(found, rows.astype(found.position.dtype)))
+        scenarios = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), scenarios, worst)
+        weights = jnp.concatenate([weights, adversarial_weights])
     if mesh is not None:
         scenarios = jax.lax.with_sharding_constraint(
             scenarios, NamedSharding(mesh, PartitionSpec("scenario"))
@@ -311,6 +353,42 @@ class TrainState:
     history: dict[str, list[float]]
     # Failure replay: the pool's riskiest members (indices), as ranked at the last refresh.
     replay_worst: np.ndarray | None = None
+    # Adversarial tuning: the worst cases' latent rows, as found at the last refresh.
+    adversarial_rows: np.ndarray | None = None
+
+
+def adversarial_count(train: TrainSpec) -> int:
+    """Members of each minibatch that are worst cases (0: adversarial tuning is off)."""
+    if train.adversarial_fraction <= 0.0:
+        return 0
+    return min(train.batch_size - 1, max(1, round(train.adversarial_fraction * train.batch_size)))
+
+
+def _adversary_key(key: PRNGKeyArray, refresh: int) -> PRNGKeyArray:
+    """Key of the worst cases of refresh ``refresh`` (apart from the step and pool keys)."""
+    return jax.random.fold_in(jax.random.fold_in(key, 0xAD5), refresh)
+
+
+def worst_cases(
+    spec: SimSpec,
+    gains: Gains,
+    sampler: ScenarioSampler,
+    criteria: SuccessCriteria,
+    objective: ObjectiveSpec,
+    n: int,
+    steps: int,
+    *,
+    key: PRNGKeyArray,
+) -> np.ndarray:
+    """Latent rows of ``n`` worst cases of ``gains``: uniform points of the catalog's
+    support (:mod:`~descent_opt.worst_case`'s cube, drawn from ``key``) ascended ``steps``
+    Adam steps up the smoothed loss, flown as members of the population of ``key``."""
+    search = WorstCaseSpec()
+    gains = jax.device_get(gains)
+    y0 = np.asarray(jax.random.uniform(key, (n, len(LATENT_NAMES))), dtype=np.float64)
+    y = ascend(spec, gains, sampler, criteria, objective, y0, key=key, steps=steps,
+               learning_rate=search.learning_rate, sigma_bound=search.sigma_bound)  # fmt: skip
+    return np.asarray(latent_rows(jnp.asarray(y), sampler.catalog, search.sigma_bound))
 
 
 def initial_state(initial: Gains, train: TrainSpec, *, key: PRNGKeyArray) -> TrainState:
@@ -332,6 +410,7 @@ def tune_gains(
     devices=None,
     start: TrainState | None = None,
     on_step: Callable[[TrainState], None] | None = None,
+    adversary_sampler: ScenarioSampler | None = None,
 ) -> tuple[Gains, dict[str, np.ndarray]]:
     """Minimise the population risk over the gains; returns the tuned (averaged) gains and
     the per-step history of the objective and its parts. Each minibatch is shared over
@@ -339,17 +418,11 @@ def tune_gains(
     tunes on its own devices, with the same arguments and the same result).
     ``start`` continues a run from a saved :class:`TrainState` (same arguments; the result
     is bit-identical to an uninterrupted run's); ``on_step`` is given the state after every
-    step (to checkpoint it)."""
+    step (to checkpoint it). Adversarial tuning searches the support of
+    ``adversary_sampler`` (default ``sampler``)."""
     devices = tuple(jax.local_devices() if devices is None else devices)
     train = resolved(train)
-    # Tuning flies to the planned horizon (a flight still up there is penalised for the
-    # height it has left), with the soft gate and the compact layout.
-    spec = eqx.tree_at(
-        lambda s: (s.smoothing.gate_softness, s.numerics.unrolled, s.max_duration_s),
-        spec,
-        (train.gate_softness, False, None),
-        is_leaf=lambda x: x is None,
-    )
+    spec = tuning_sim(spec, train.gate_softness)
     breakpoints = _frozen_part(initial, train.frozen)  # and the frozen gains
     state = start if start is not None else initial_state(initial, train, key=key)
     params, opt_state, mean = state.params, state.opt_state, state.mean
@@ -361,9 +434,11 @@ def tune_gains(
         params, opt_state, mean, step_keys = jax.device_put(
             (params, opt_state, mean, step_keys), replicated
         )
-    worst = state.replay_worst
+    worst, rows = state.replay_worst, state.adversarial_rows
+    n_adversarial = adversarial_count(train)
+    n_members = train.batch_size - n_adversarial
     for i in range(state.step, train.steps):
-        draw_key, indices, weights = step_keys[i], None, None
+        draw_key, indices, weights, adversarial = step_keys[i], None, None, None
         if train.replay_every > 0:
             pool_key = _pool_key(state.key, i // train.replay_every)
             if i % train.replay_every == 0 or worst is None:
@@ -379,8 +454,24 @@ def tune_gains(
                 )
             draw_key = pool_key
             indices, weights = replay_minibatch(
-                worst, train.replay_pool, train.batch_size, train.replay_fraction, key=step_keys[i]
+                worst, train.replay_pool, n_members, train.replay_fraction, key=step_keys[i]
             )
+        if n_adversarial:
+            adversary_key = _adversary_key(state.key, i // train.adversarial_every)
+            if i % train.adversarial_every == 0 or rows is None:
+                rows = worst_cases(
+                    spec, from_params(params, breakpoints), adversary_sampler or sampler,
+                    criteria, objective, n_adversarial, train.adversarial_steps,
+                    key=adversary_key,
+                )  # fmt: skip
+            if indices is None:
+                indices = np.arange(n_members, dtype=np.uint32)
+                weights = np.full(n_members, 1.0 / n_members)
+            share = train.adversarial_fraction
+            weights = np.concatenate(
+                [(1.0 - share) * weights, np.full(n_adversarial, share / n_adversarial)]
+            )
+            adversarial = (adversary_key, jnp.asarray(rows))
         params, opt_state, mean, parts = _train_step(
             train,
             spec,
@@ -395,6 +486,7 @@ def tune_gains(
             devices,
             indices,
             None if weights is None else jnp.asarray(weights, dtype=float),
+            adversarial,
         )
         parts = {k: float(v) for k, v in parts.items()}
         entries = sum(int(np.size(p)) for p in jax.tree.leaves(params))
@@ -414,5 +506,5 @@ def tune_gains(
         if progress is not None:
             progress(i, parts)
         if on_step is not None:
-            on_step(TrainState(i + 1, params, opt_state, mean, state.key, history, worst))
+            on_step(TrainState(i + 1, params, opt_state, mean, state.key, history, worst, rows))
     return from_params(mean, breakpoints), {k: np.asarray(v) for k, v in history.items()}
