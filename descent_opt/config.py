@@ -52,6 +52,7 @@ from descent_opt.schema import (
     defaults_tree,
     key_reference,
 )
+from descent_opt.sensitivity import SensitivitySpec, select
 from descent_opt.sensors import ImuSpec, LrfSpec
 from descent_opt.simulate import SimSpec, decided_horizon_s
 from descent_opt.worst_case import METHODS as WORST_CASE_METHODS
@@ -114,6 +115,7 @@ class RunConfig:
     schedule: ScheduleSpec | None = None
     schedule_batch_size: int = 64
     distributed: DistributedSpec = DistributedSpec()
+    sensitivity: SensitivitySpec = SensitivitySpec()
     compile_cache_dir: str | None = None
     checkpoint_every_steps: int = 10
     resume: bool = False
@@ -208,6 +210,27 @@ class _Indices(Kind):
         if not ok or len(set(v)) != len(v):
             raise ConfigError(key, self.allowed, list(v))
         return tuple(int(i) for i in v)
+
+
+class _Parameters(Kind):
+    """A list of sensitivity parameter names or prefixes (descent_opt.sensitivity)."""
+
+    allowed = (
+        "a list of sensitivity parameters: names or their prefixes, e.g. scenario, faults, "
+        "scenario.nav_altitude_sigma_m, faults.latency_s, 'faults.latency_s[high]', vehicle, "
+        "success (README, Sensitivities, lists them)"
+    )
+
+    def check(self, key, v):
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) == 0:
+            raise ConfigError(key, self.allowed, v)
+        if any(not isinstance(n, str) for n in v) or len(set(v)) != len(v):
+            raise ConfigError(key, self.allowed + " (no repeats)", list(v))
+        try:
+            select(tuple(v))
+        except ValueError as error:
+            raise ConfigError(key, self.allowed + f"; {error}", list(v)) from None
+        return tuple(v)
 
 
 class _Grid(Kind):
@@ -479,6 +502,27 @@ GROUPS: dict[str, Group] = {
             "methods": "gradient, random and/or cma_es",
             "include_unlandable": "search the fault classes certified apart too",
         }), "worst cases: +experiment=worst_case"),
+        Group("sensitivity", _fields(SensitivitySpec, {
+            "parameters": OrNone(_Parameters()),
+            "n_scenarios": Number(lo=1, hi=MAX_INDEX, integer=True),
+            "fd_step": Number(lo=0.0, lo_open=True, hi=1.0),
+            "pathwise": Flag(), "sobol": Flag(),
+            "sobol_n": Number(lo=2, hi=1 << 16, integer=True),
+            "sobol_scenarios": Number(lo=1, hi=1 << 20, integer=True),
+        }, {
+            "parameters": "which parameters (names or prefixes); null: every one: dispersion "
+            "sigmas, fault rates and range ends, thrust bounds, Isp, initial mass, success "
+            "limits",
+            "n_scenarios": "members of the held-out population every figure is measured on",
+            "fd_step": "central differences (thrust bounds, Isp, success verdicts): this "
+            "many units each way",
+            "pathwise": "also the reverse-mode derivative along the members' paths (one "
+            "backward pass; blind to the loop's jumps)",
+            "sobol": "also Sobol first-order and total indices (SALib) over the same "
+            "parameters, each within +- half its unit",
+            "sobol_n": "Sobol base samples, a power of 2: sobol_n (parameters + 2) samples",
+            "sobol_scenarios": "members flown per Sobol sample (the same for every sample)",
+        }), "sensitivities: +experiment=sensitivity"),
         Group("thrust_schedule", (
             *_fields(ScheduleSpec, {
                 "glide_slope_deg": Number(lo=0.0, hi=89.0),
@@ -595,6 +639,7 @@ def read_config(cfg: Mapping) -> RunConfig:
         evaluation=EvaluationSpec(**v["evaluation"]),
         replay=ReplaySpec(**v["replay"]),
         envelope=_envelope(v["envelope"]),
+        sensitivity=_sensitivity(v["sensitivity"]),
         rare_event=_rare_event(v["rare_event"]),
         altitude_breakpoints_m=breakpoints,
         progress=top["progress"],
@@ -627,6 +672,13 @@ def _worst_case(values: dict) -> WorstCaseSpec:
     spec = WorstCaseSpec(**values)
     if not spec.methods:
         raise ConfigError("worst_case.methods", "a non-empty list of search methods", [])
+    return spec
+
+
+def _sensitivity(values: dict) -> SensitivitySpec:
+    spec = SensitivitySpec(**values)
+    if spec.sobol_n & (spec.sobol_n - 1):
+        raise ConfigError("sensitivity.sobol_n", "a power of 2 >= 2", spec.sobol_n)
     return spec
 
 

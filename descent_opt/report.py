@@ -401,3 +401,31 @@ def plot_search_progress(
     fig.tight_layout()
     save_figure_atomic(fig, path)
     plt.close(fig)
+
+
+def plot_sensitivities(rows: list[dict], path: Path, top: int = 20) -> None:
+    """Sensitivities: the ``top`` largest scaled derivatives of the smoothed risk (with two
+    standard errors) and the success rate's change per unit, one bar per parameter,
+    coloured by kind."""
+    plt = _pyplot()
+    rows = rows[:top][::-1]
+    kinds = sorted({r["kind"] for r in rows})
+    colors = dict(zip(kinds, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                              "tab:brown")))  # fmt: skip
+    y = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(rows) + 1.6), sharey=True)
+    for ax, figure, label in zip(axes, ("risk", "success_rate"),
+                                 ("smoothed risk per unit", "success rate per unit")):  # fmt: skip
+        values = [r[figure] for r in rows]
+        errors = [2.0 * r[figure + "_se"] for r in rows]
+        ax.barh(y, values, xerr=errors, color=[colors[r["kind"]] for r in rows], ecolor="0.3")
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_xlabel(label + " (bars: 2 standard errors)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [r["parameter"] for r in rows], fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in kinds]
+    axes[1].legend(handles, kinds, fontsize=8, loc="lower right")
+    fig.suptitle("Sensitivities, largest scaled risk derivative first")
+    fig.tight_layout()
+    save_figure_atomic(fig, path)
+    plt.close(fig)

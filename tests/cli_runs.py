@@ -43,8 +43,8 @@ def run_cli(args, cwd, env=None, timeout=600):
 # What a job may write: none of it may exist after a run refused for bad input.
 RESULT_FILES = (
     "metrics.json", "gains.json", "gains.csv", "gains.h", "scenarios.npz", "traces.npz",
-    "touchdown_speed.png", "success_vs_faults.png", "worst_case.png", "search_progress.png",
-    "worst_case_trace.csv",
+    "touchdown_speed.png", "success_vs_faults.png", "sensitivity.csv", "sensitivity.md",
+    "sensitivity.png", "worst_case.png", "search_progress.png", "worst_case_trace.csv",
 )  # fmt: skip
 
 

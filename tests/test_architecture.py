@@ -24,13 +24,13 @@ LAYERS = (
     # engines: populations, optimisers, gain tables, reports, checkpoints
     ("population", "optimize", "optimize.gains", "optimize.interior_point",
      "optimize.thrust_schedule", "export", "report", "checkpoint", "replays", "envelope",
-     "latent_flights", "worst_case"),
+     "latent_flights", "worst_case", "sensitivity", "sobol"),
     # the run configuration
     ("config",),
     # jobs and the stages they are made of
     ("jobs", "stages", "jobs.robust_gains", "jobs.monte_carlo", "jobs.thrust_schedule",
      "jobs.export", "jobs.replay", "jobs.envelope",
-     "jobs.rare_event", "jobs.worst_case", "aggregate"),
+     "jobs.rare_event", "jobs.worst_case", "jobs.sensitivity", "aggregate"),
     # interfaces: the command line and the package's front door
     ("cli", "__main__", "__init__"),
 )  # fmt: skip

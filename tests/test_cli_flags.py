@@ -36,6 +36,7 @@ def test_help_names_the_app_and_its_jobs(flag_calls):
         "envelope",
         "rare_event",
         "worst_case",
+        "sensitivity",
         "replay_m1,",
     ):
         assert f"\n  {job} " in out

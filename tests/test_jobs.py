@@ -18,7 +18,7 @@ from descent_opt.jobs import JOBS, Job, check_experiment, job
 
 UNKNOWN = (
     "error: experiment: must be one of robust_gains, monte_carlo, thrust_schedule, export, "
-    "replay, envelope, rare_event, worst_case"
+    "replay, envelope, rare_event, worst_case, sensitivity"
 )
 
 

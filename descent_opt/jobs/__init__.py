@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 JOBS = (
     "robust_gains", "monte_carlo", "thrust_schedule", "export", "replay", "envelope",
-    "rare_event", "worst_case",
+    "rare_event", "worst_case", "sensitivity",
 )  # fmt: skip
 # The groups that make a flight: vehicle, start, terrain, sensors and faults, guidance and
 # navigation, and what counts as a safe landing.
