@@ -183,5 +183,7 @@ def test_job_reports_the_falsification_table_and_refuses_bad_input(tmp_path):
         "worst_case.restarts=0": "worst_case.restarts",
         "worst_case.methods=[annealing]": "worst_case.methods",
         "worst_case.sigma_bound=-1": "worst_case.sigma_bound",
+        "optimizer.adversarial_fraction=1.0": "optimizer.adversarial_fraction",
+        "optimizer.adversarial_fraction=-0.1": "optimizer.adversarial_fraction",
     }
     assert_refused("worst_case", FLIGHT, bad, tmp_path)
