@@ -200,7 +200,7 @@ def summary(result: dict) -> str:
 
 JOB = Job(
     name="rare_event",
-    groups=(*FLIGHT_GROUPS, "rare_event"),
+    groups=(*FLIGHT_GROUPS, "evaluation", "rare_event"),
     run=run,
     write_outputs=write_outputs,
     summary=summary,

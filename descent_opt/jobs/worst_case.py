@@ -200,7 +200,7 @@ def summary(result: dict) -> str:
 
 JOB = Job(
     name="worst_case",
-    groups=(*FLIGHT_GROUPS, "worst_case", "optimizer", "objective", "certification"),
+    groups=(*FLIGHT_GROUPS, "evaluation", "worst_case", "optimizer", "objective", "certification"),
     run=run,
     write_outputs=write_outputs,
     summary=summary,
