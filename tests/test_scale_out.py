@@ -144,7 +144,13 @@ print(json.dumps(out))
 
 @pytest.mark.parametrize(
     "extra",
-    [[], pytest.param(["optimizer.adversarial_fraction=0.3"], marks=pytest.mark.slow)],
+    [
+        [],
+        pytest.param(
+            ["optimizer.adversarial_fraction=0.3", "optimizer.adversarial_steps=2"],
+            marks=pytest.mark.slow,
+        ),
+    ],
     ids=["plain", "adversarial"],
 )
 def test_tuning_is_data_parallel_over_devices(extra):

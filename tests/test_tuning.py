@@ -13,17 +13,11 @@ from shared_models import SHORT_DESCENT, VEHICLE
 
 from descent_opt.faults import FaultCatalog
 from descent_opt.guidance import default_gains
-from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, scenario_loss, weighted_cvar
+from descent_opt.objectives import ObjectiveSpec, SuccessCriteria, weighted_cvar
 from descent_opt.optimize import gains as tuning
-from descent_opt.scenarios import (
-    LATENT_NAMES,
-    ScenarioSampler,
-    TerrainSpec,
-    population_latents,
-    with_normal,
-)
-from descent_opt.simulate import SimSpec, simulate
-from descent_opt.worst_case import latent_rows
+from descent_opt.scenarios import LATENT_NAMES, ScenarioSampler, TerrainSpec
+from descent_opt.simulate import SimSpec
+from descent_opt.worst_case import ascend
 
 
 @pytest.mark.slow
@@ -126,8 +120,8 @@ def test_failure_replay_resumes_bit_identically_and_frozen_gains_stay():
 @pytest.mark.slow
 def test_adversarial_tuning_trains_on_worse_cases_and_resumes_bit_identically():
     """A quarter of each minibatch is worst cases of the current gains, searched every 2
-    steps: the search ends on flights the smoothed loss rates worse than its random
-    starting points, and a run stopped mid-refresh resumes to the uninterrupted gains."""
+    steps: the search moves its random starting points up the smoothed loss, and a run
+    stopped mid-refresh resumes to the uninterrupted gains."""
     spec = SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0)
     sampler = ScenarioSampler(
         SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(absent_rate=0.0), 480.0
@@ -152,19 +146,14 @@ def test_adversarial_tuning_trains_on_worse_cases_and_resumes_bit_identically():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_array_equal(history["objective"], again["objective"])
 
+    # The search behind them (its own compiled step, at the minibatch's 2 worst cases):
+    # four Adam steps raise the smoothed loss of both starting points.
     smooth = tuning.tuning_sim(spec, train.gate_softness)
-    key = jax.random.key(5)
-    rows = tuning.worst_cases(
-        smooth, start, sampler, SuccessCriteria(), ObjectiveSpec(), 8, 4, key=key
-    )
-    y0 = jax.random.uniform(key, (8, len(LATENT_NAMES)))
-    random_rows = latent_rows(y0, sampler.catalog, 3.0)
-
-    def losses(x):
-        z = population_latents(key, jnp.arange(8, dtype=jnp.uint32))
-        scenarios = sampler.from_latents(with_normal(z, jnp.asarray(x, jnp.float32)))
-        outcome = simulate(smooth, start, scenarios)
-        return np.asarray(scenario_loss(outcome, SuccessCriteria(), ObjectiveSpec()))
-
-    before, after = losses(random_rows), losses(rows)
-    assert after.mean() > 1.2 * before.mean() and (after >= before).sum() >= 6, (before, after)
+    values = []
+    ascend(
+        smooth, start, sampler, SuccessCriteria(), ObjectiveSpec(),
+        np.asarray(jax.random.uniform(jax.random.key(5), (2, len(LATENT_NAMES)))),
+        key=jax.random.key(5), steps=4, learning_rate=0.3, sigma_bound=3.0,
+        after_step=lambda y, v: values.append(v),
+    )  # fmt: skip
+    assert np.all(values[-1] > values[0]), values
