@@ -85,18 +85,23 @@ def test_replay_minibatch_is_an_unbiased_estimate_of_the_pool():
 
 @pytest.mark.slow
 def test_failure_replay_resumes_bit_identically_and_frozen_gains_stay():
-    """Failure replay draws half of each minibatch from the riskiest members of a pool
-    flown forward every 2 steps; stopped after step 3 (mid-pool) and resumed from the saved
-    state it ends with the gains of an uninterrupted run. A frozen gain (here one that
-    starts at 0, which log-parameterised tuning could not even represent) keeps its value
-    exactly while the others move."""
+    """Failure replay draws half of each minibatch's catalog members from the riskiest of a
+    pool flown forward every 2 steps, and a quarter of the minibatch is worst cases of the
+    current gains searched every 2 steps (adversarial tuning); stopped after step 3
+    (mid-pool, mid-search) and resumed from the saved state it ends with the gains of an
+    uninterrupted run. A frozen gain (here one that starts at 0, which log-parameterised
+    tuning could not even represent) keeps its value exactly while the others move. The
+    worst-case search behind the minibatch (its compiled step, at the same 2 cases) raises
+    the smoothed loss of its starting points."""
     spec = SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0)
     sampler = ScenarioSampler(SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(), 480.0)
     start = default_gains(heavy_tail_weight=0.0)
     train = tuning.TrainSpec(
-        steps=5, batch_size=6, warmup_steps=1, replay_every=2, replay_pool=24, replay_worst=4,
+        steps=5, batch_size=8, warmup_steps=1, replay_every=2, replay_pool=24, replay_worst=4,
         replay_fraction=0.5, frozen=("heavy_tail_weight", "zem_gain"),
+        adversarial_fraction=0.25, adversarial_every=2, adversarial_steps=3,
     )  # fmt: skip
+    assert tuning.adversarial_count(train) == 2
     args = (spec, start, sampler, SuccessCriteria(), ObjectiveSpec(), train)
     saved = {}
 
@@ -106,6 +111,7 @@ def test_failure_replay_resumes_bit_identically_and_frozen_gains_stay():
 
     whole, history = tuning.tune_gains(*args, key=jax.random.key(1), on_step=keep)
     assert saved[3].replay_worst is not None and len(saved[3].replay_worst) == 4
+    assert saved[3].adversarial_rows.shape == (2, len(LATENT_NAMES))
     resumed, again = tuning.tune_gains(*args, key=jax.random.key(1), start=saved[3])
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -116,38 +122,6 @@ def test_failure_replay_resumes_bit_identically_and_frozen_gains_stay():
     moved = np.asarray(whole.descent_rate_mps) != np.asarray(start.descent_rate_mps)
     assert moved.any()
 
-
-@pytest.mark.slow
-def test_adversarial_tuning_trains_on_worse_cases_and_resumes_bit_identically():
-    """A quarter of each minibatch is worst cases of the current gains, searched every 2
-    steps: the search moves its random starting points up the smoothed loss, and a run
-    stopped mid-refresh resumes to the uninterrupted gains."""
-    spec = SimSpec(vehicle=VEHICLE, dt_s=0.5, duration_s=30.0)
-    sampler = ScenarioSampler(
-        SHORT_DESCENT, TerrainSpec(kind="flat"), FaultCatalog(absent_rate=0.0), 480.0
-    )
-    start = default_gains()
-    train = tuning.TrainSpec(
-        steps=4, batch_size=8, warmup_steps=1, replay_every=0, adversarial_fraction=0.25,
-        adversarial_every=2, adversarial_steps=3,
-    )  # fmt: skip
-    assert tuning.adversarial_count(train) == 2
-    args = (spec, start, sampler, SuccessCriteria(), ObjectiveSpec(), train)
-    saved = {}
-
-    def keep(state):
-        history = {k: list(v) for k, v in state.history.items()}
-        saved[state.step] = dataclasses.replace(state, history=history)
-
-    whole, history = tuning.tune_gains(*args, key=jax.random.key(1), on_step=keep)
-    assert saved[3].adversarial_rows.shape == (2, len(LATENT_NAMES))
-    resumed, again = tuning.tune_gains(*args, key=jax.random.key(1), start=saved[3])
-    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    np.testing.assert_array_equal(history["objective"], again["objective"])
-
-    # The search behind them (its own compiled step, at the minibatch's 2 worst cases):
-    # four Adam steps raise the smoothed loss of both starting points.
     smooth = tuning.tuning_sim(spec, train.gate_softness)
     values = []
     ascend(
